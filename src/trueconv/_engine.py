@@ -1,0 +1,72 @@
+"""Run one canonical problem: plan it, split the batch, guard memory.
+
+Both public faces (``_api`` for the deep-learning call, ``_signal`` for the
+SciPy-style call) end here, so the two never call each other (ARCHITECTURE.md,
+anti-pattern 13).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._dtypes import check_integer_bound, fft_exact_for_integers
+from ._memory import format_bytes, get_memory_limit
+from ._planner import DataFacts, Plan, check_algorithm_name, choose
+from ._spec import ConvSpec
+from .algorithms import ALGORITHMS
+
+
+def check_output_fits(spec: ConvSpec, itemsize: int, fn: str) -> None:
+    """Refuse an output that alone exceeds the memory limit, before allocating it."""
+    need = int(np.prod(spec.full_output_shape, dtype=object)) * itemsize
+    limit = get_memory_limit()
+    if need > limit:
+        raise MemoryError(
+            f"{fn}: the output of shape {spec.full_output_shape} needs {format_bytes(need)}, over "
+            f"the memory limit of {format_bytes(limit)} (trueconv.set_memory_limit or "
+            f"TRUECONV_MEMORY_LIMIT); use trueconv.dask for data larger than memory"
+        )
+
+
+def data_facts(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, algorithm: str) -> DataFacts:
+    """The value checks that decide whether a transform algorithm is allowed.
+
+    Skipped when only exact algorithms are in play; otherwise one pass over the
+    data, cheap next to the convolution itself.
+    """
+    if algorithm != "auto" and ALGORITHMS[algorithm].exact:
+        return DataFacts()
+    if x.dtype.kind in "iu":
+        terms = spec.in_channels_per_group * spec.kernel_size
+        return DataFacts(True, fft_exact_for_integers(x, weight, terms))
+    finite = bool(np.isfinite(x).all() and np.isfinite(weight).all())
+    return DataFacts(finite, False)
+
+
+def execute(
+    x: np.ndarray, weight: np.ndarray, spec: ConvSpec, algorithm: str, fn: str
+) -> tuple[np.ndarray, Plan]:
+    """Return the cross-correlation ``(N, O, *out)`` in the compute dtype and its plan.
+
+    ``x`` and ``weight`` are canonical (compute dtype, flipped if needed,
+    padding_mode pre-pass applied); they are only read.
+    """
+    check_algorithm_name(algorithm, fn)
+    check_output_fits(spec, x.dtype.itemsize, fn)
+    if x.dtype.kind in "iu":
+        check_integer_bound(x, weight, spec.in_channels_per_group * spec.kernel_size, x.dtype, fn)
+    if spec.batch == 0 or spec.in_channels == 0 or spec.out_channels == 0:
+        # A sum over an empty set is 0: zeros, never np.empty (tensorflow PR #126484).
+        plan = Plan("direct" if algorithm == "auto" else algorithm, "empty problem", 0, spec.batch)
+        return np.zeros(spec.full_output_shape, dtype=x.dtype), plan
+    plan = choose(spec, algorithm, data_facts(x, weight, spec, algorithm), fn=fn)
+    runner = ALGORITHMS[plan.algorithm]
+    if plan.batch_chunk >= spec.batch:
+        out = runner.run(x, weight, spec)
+    else:
+        out = np.empty(spec.full_output_shape, dtype=x.dtype)
+        for start in range(0, spec.batch, plan.batch_chunk):
+            stop = min(start + plan.batch_chunk, spec.batch)
+            out[start:stop] = runner.run(x[start:stop], weight, spec.with_batch(stop - start))
+    assert out.shape == spec.full_output_shape, (out.shape, spec)
+    return out, plan

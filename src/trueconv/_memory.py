@@ -1,0 +1,84 @@
+"""How much memory one call may use, and how to stay under it.
+
+The limit bounds the *workspace* an algorithm allocates (im2col columns, FFT
+buffers, Winograd tiles) and the output itself. A workspace over the limit is
+split over the batch; an output over the limit is refused before allocation
+(EDGE_CASES #64, #66).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+__all__ = ["get_memory_limit", "set_memory_limit", "memory_limit", "total_memory_bytes"]
+
+DEFAULT_FRACTION = 0.5
+_limit_override: int | None = None
+
+
+def total_memory_bytes() -> int:
+    """Physical memory of this machine (cgroup limits are not consulted)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # non-POSIX: assume a modest machine
+        return 8 * 2**30
+
+
+def get_memory_limit() -> int:
+    """Return the byte limit for one call's output plus workspace.
+
+    Order: :func:`set_memory_limit`, then env ``TRUECONV_MEMORY_LIMIT`` (bytes,
+    or with a ``K``/``M``/``G`` suffix), then half the physical memory.
+    """
+    if _limit_override is not None:
+        return _limit_override
+    env = os.environ.get("TRUECONV_MEMORY_LIMIT")
+    if env:
+        return parse_bytes(env)
+    return int(total_memory_bytes() * DEFAULT_FRACTION)
+
+
+def parse_bytes(text: str) -> int:
+    """Parse ``"512M"``, ``"2G"`` or a plain byte count."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"memory limit must be bytes or a number with K/M/G/T, got {text!r}") from None
+
+
+def set_memory_limit(limit: int | str | None) -> None:
+    """Set the per-call memory limit in bytes (``None`` restores the default)."""
+    global _limit_override
+    if limit is None:
+        _limit_override = None
+        return
+    value = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+    if value <= 0:
+        raise ValueError(f"memory limit must be positive, got {limit!r}")
+    _limit_override = value
+
+
+@contextmanager
+def memory_limit(limit: int | str) -> Iterator[None]:
+    """Temporarily set the memory limit (handy in tests and notebooks)."""
+    global _limit_override
+    previous = _limit_override
+    set_memory_limit(limit)
+    try:
+        yield
+    finally:
+        _limit_override = previous
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} TiB"
