@@ -15,6 +15,7 @@ from ._api import flip_spatial
 from ._dtypes import as_array, cast_result, compute_dtype, result_dtype
 from ._engine import execute
 from ._padding import pad_spatial
+from ._threads import get_num_threads
 from ._spec import (
     ConvSpec,
     check_signal_shapes,
@@ -234,8 +235,8 @@ def fftconvolve(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = 
     fshape = [sp_fft.next_fast_len(n, True) for n in full]
     complex_result = a.dtype.kind == "c" or b.dtype.kind == "c"
     fwd, inv = (sp_fft.fftn, sp_fft.ifftn) if complex_result else (sp_fft.rfftn, sp_fft.irfftn)
-    product = fwd(a, fshape, axes=conv_axes, workers=-1) * fwd(b, fshape, axes=conv_axes, workers=-1)
-    out = inv(product, fshape, axes=conv_axes, workers=-1)
+    product = fwd(a, fshape, axes=conv_axes, workers=get_num_threads()) * fwd(b, fshape, axes=conv_axes, workers=get_num_threads())
+    out = inv(product, fshape, axes=conv_axes, workers=get_num_threads())
     index = [slice(None)] * out.ndim
     for axis, n in zip(conv_axes, full):
         if mode == "full":

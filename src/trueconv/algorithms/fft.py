@@ -18,6 +18,7 @@ import numpy as np
 import scipy.fft as sp_fft
 
 from .._spec import ConvSpec
+from .._threads import get_num_threads
 from ._base import grouped, grouped_weight, zero_pad
 
 
@@ -74,11 +75,11 @@ class FFT:
         # correlation = convolution with the flipped (dilated) kernel
         kernel = dilate_kernel(weight, spec.dilation)[(Ellipsis, *([slice(None, None, -1)] * nd))]
         kernel = kernel.reshape(g, o, c, *kernel.shape[2:])  # (G, O, C, *E)
-        x_freq = fwd(x_padded, shape, axes=axes, workers=-1)  # (N, G, C, *F)
-        w_freq = fwd(kernel, shape, axes=axes, workers=-1)  # (G, O, C, *F)
+        x_freq = fwd(x_padded, shape, axes=axes, workers=get_num_threads())  # (N, G, C, *F)
+        w_freq = fwd(kernel, shape, axes=axes, workers=get_num_threads())  # (G, O, C, *F)
         # (N, G, O, *F) = sum_C (N, G, C, *F) * (G, O, C, *F)
         y_freq = np.einsum("ngc...,goc...->ngo...", x_freq, w_freq, optimize=True)
-        y = inv(y_freq, shape, axes=axes, workers=-1)
+        y = inv(y_freq, shape, axes=axes, workers=get_num_threads())
         start = [e - 1 for e in spec.effective_kernel_shape]
         index = tuple(
             slice(b, b + (m - 1) * s + 1, s) for b, m, s in zip(start, spec.output_shape, spec.stride)
