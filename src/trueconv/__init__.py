@@ -16,9 +16,12 @@ import importlib
 from typing import Any
 
 from ._api import conv, conv1d, conv2d, conv3d, plan
+from ._autotune import TrueconvCacheWarning, get_autotune, set_autotune
+from ._grad import conv_grad, conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d
 from ._memory import get_memory_limit, memory_limit, set_memory_limit
 from ._planner import Plan
 from ._signal import convolve, convolve2d, correlate, correlate2d, fftconvolve
+from ._threads import get_num_threads, set_num_threads
 from .algorithms import ALGORITHMS
 
 __version__ = "0.1.0"
@@ -30,15 +33,25 @@ __all__ = [
     "conv1d",
     "conv2d",
     "conv3d",
+    "conv_grad",
+    "conv_transpose",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
     "convolve",
     "convolve2d",
     "correlate",
     "correlate2d",
     "fftconvolve",
+    "TrueconvCacheWarning",
+    "get_autotune",
     "get_memory_limit",
+    "get_num_threads",
     "memory_limit",
     "plan",
+    "set_autotune",
     "set_memory_limit",
+    "set_num_threads",
 ]
 
 _EXTRAS = {"torch": "torch", "dask": "dask"}

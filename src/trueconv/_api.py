@@ -7,10 +7,13 @@ policy), then run through the planner (``_engine``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ._dtypes import as_array, cast_result, compute_dtype, result_dtype
-from ._engine import execute
+from ._dtypes import add_bias, as_array, cast_result, check_bias_dtype, compute_dtype, result_dtype
+from ._engine import check_output_fits, execute
+from ._memory import format_bytes, get_memory_limit
 from ._padding import pad_spatial
 from ._planner import DataFacts, Plan, check_algorithm_name, choose
 from ._spec import ConvSpec, Kind, PaddingArg, PaddingMode, SizeArg, check_spatial_ndim, normalize_conv
@@ -21,6 +24,18 @@ __all__ = ["conv", "conv1d", "conv2d", "conv3d", "plan"]
 def flip_spatial(weight: np.ndarray, spatial_ndim: int) -> np.ndarray:
     """Reverse every spatial axis of the kernel (a view): convolution = correlation with it."""
     return weight[(Ellipsis, *([slice(None, None, -1)] * spatial_ndim))]
+
+
+def check_copy_fits(shape: tuple[int, ...], dtype: np.dtype, fn: str) -> None:
+    """The padding_mode pre-pass and a dtype cast copy the input: refuse if that copy cannot fit."""
+    need = math.prod(shape) * dtype.itemsize
+    limit = get_memory_limit()
+    if need > limit:
+        raise MemoryError(
+            f"{fn}: the padded/converted copy of the input, shape {shape} of {dtype}, needs "
+            f"{format_bytes(need)}, over the memory limit of {format_bytes(limit)} "
+            f"(trueconv.set_memory_limit or TRUECONV_MEMORY_LIMIT)"
+        )
 
 
 def prepare_conv(
@@ -48,13 +63,17 @@ def prepare_conv(
     bias_array = None if bias is None else as_array(bias, "bias", fn)
     check_algorithm_name(algorithm, fn)
     result = result_dtype(x.dtype, weight.dtype)
-    if bias_array is not None and not np.can_cast(bias_array.dtype, result, "same_kind"):
-        raise TypeError(f"{fn}: bias of dtype {bias_array.dtype} cannot be added to a {result} result")
+    if bias_array is not None:
+        check_bias_dtype(bias_array.dtype, result, fn)
     compute = compute_dtype(result)
     spec, mode_pads, batched = normalize_conv(
         x.shape, weight.shape, None if bias_array is None else bias_array.shape,
         stride, padding, dilation, groups, padding_mode, kind, fn, compute,
     )
+    # Refuse before the padding pre-pass or a dtype cast allocates anything (EDGE_CASES #64).
+    check_output_fits(spec, compute.itemsize, fn)
+    if padding_mode != "zeros" or x.dtype != compute:
+        check_copy_fits((spec.batch, spec.in_channels, *spec.input_shape), compute, fn)
     x = x if batched else x[np.newaxis]
     x = pad_spatial(x.astype(compute, copy=False), mode_pads, padding_mode)
     weight = weight.astype(compute, copy=False)
@@ -66,7 +85,7 @@ def prepare_conv(
 def finish(out: np.ndarray, bias: np.ndarray | None, batched: bool, result: np.dtype, fn: str) -> np.ndarray:
     """Add the bias, cast to the result dtype (never wrapping), drop the batch axis if added."""
     if bias is not None:
-        out += bias.astype(out.dtype).reshape(-1, *([1] * (out.ndim - 2)))
+        out = add_bias(out, bias, fn)
     out = cast_result(out, result, fn)
     return out if batched else out[0]
 
@@ -255,5 +274,6 @@ def plan(
     compute = compute_dtype(np.dtype(dtype))
     spec, _, _ = normalize_conv(tuple(x_shape), tuple(weight_shape), None, stride, padding,
                                 dilation, groups, padding_mode, kind, fn, compute)
+    check_output_fits(spec, compute.itemsize, fn)
     facts = DataFacts(finite=True, integer_fft_safe=False)
     return choose(spec, algorithm, facts, fn=fn)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "add_bias",
     "as_array",
+    "check_bias_dtype",
     "result_dtype",
     "compute_dtype",
     "check_integer_bound",
@@ -55,6 +57,48 @@ def check_supported_dtype(dtype: np.dtype, name: str, fn: str) -> None:
 def result_dtype(*dtypes: np.dtype) -> np.dtype:
     """NumPy promotion of the operands: the dtype the user gets back."""
     return np.result_type(*dtypes)
+
+
+def check_bias_dtype(bias: np.dtype, result: np.dtype, fn: str) -> None:
+    """The bias joins the result's dtype; it may not change its kind (int -> float, real -> complex).
+
+    Any integer bias may go onto an integer result (the sum is checked exactly in
+    :func:`add_bias`); a float bias onto a float or complex result is cast to it,
+    as torch requires one dtype for all three operands.
+    """
+    if result.kind in "iu" and bias.kind in "iu":
+        return
+    if not np.can_cast(bias, result, "same_kind"):
+        raise TypeError(
+            f"{fn}: bias of dtype {bias} cannot be added to the {result} result "
+            f"(np.result_type(x, weight)) without changing its kind; cast x and weight to "
+            f"{np.result_type(result, bias)} or the bias to {result}"
+        )
+
+
+def add_bias(out: np.ndarray, bias: np.ndarray, fn: str) -> np.ndarray:
+    """Add ``bias`` (one value per channel, axis 1) to ``out`` in place; integers never wrap."""
+    if out.dtype.kind not in "iu":
+        out += bias.astype(out.dtype).reshape(-1, *([1] * (out.ndim - 2)))
+        return out
+    info = np.iinfo(out.dtype)
+    values = [int(b) for b in bias.tolist()]
+    if out.size:
+        axes = (0, *range(2, out.ndim))
+        lows, highs = out.min(axis=axes).tolist(), out.max(axis=axes).tolist()
+        for channel, (low, high, b) in enumerate(zip(lows, highs, values)):
+            if low + b < info.min or high + b > info.max:
+                raise OverflowError(
+                    f"{fn}: adding bias[{channel}] = {b} to output channel {channel} (values in "
+                    f"[{low}, {high}]) overflows the {out.dtype} accumulator; cast the inputs "
+                    f"to float64 or use smaller values"
+                )
+    for channel, b in enumerate(values):
+        if info.min <= b <= info.max:
+            out[:, channel] += out.dtype.type(b)
+        else:  # e.g. a uint64 bias beyond int64: exact in Python ints (the sums were checked)
+            out[:, channel] = (out[:, channel].astype(object) + b).astype(out.dtype)
+    return out
 
 
 def compute_dtype(result: np.dtype) -> np.dtype:

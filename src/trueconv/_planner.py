@@ -3,21 +3,50 @@
 Like ``scipy.signal.choose_conv_method`` and torch's ``select_conv_backend``:
 a pure function of the :class:`ConvSpec` plus two facts about the data that
 change which algorithms are *allowed* (non-finite values, integer magnitudes).
-Eligibility is decided before speed: ``auto`` never picks an algorithm whose
-``supports()`` refuses the call, whose accuracy is below the dtype's bound, or
-whose workspace does not fit even for a single batch item.
+
+Eligibility is decided before speed. ``auto`` never picks an algorithm
+
+* whose ``supports()`` refuses the call;
+* whose ``error_bound(spec)`` (expected max error relative to the output's
+  scale; 0 for the exact algorithms) exceeds the dtype's tolerance: 1e-4 for
+  float16/float32/complex64, 1e-10 for float64/complex128 (EDGE_CASES.md 3.3);
+* that is a transform (FFT, Winograd) when the data holds NaN/Inf, which a
+  transform spreads over the whole output, or integers too large for float64
+  transforms to stay exact (SciPy's ``2**nmant`` guard);
+* whose workspace does not fit the memory limit even for one batch item.
+
+Speed is then predicted by a cost model: each algorithm's work on the spec is
+described by a few counts (:func:`cost_features`: multiply-adds, bytes
+gathered, BLAS calls, transform points), weighted by coefficients measured on
+this kind of machine (``_calibration.py``, which records where they came from
+and regenerates itself). With ``trueconv.set_autotune(True)`` the eligible
+candidates are timed instead (``_autotune.py``) and the winner is cached on disk.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _autotune
+from ._calibration import CALIBRATION, coefficients, precision_class
 from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
 from .algorithms import ALGORITHMS
+
+__all__ = [
+    "Plan",
+    "DataFacts",
+    "choose",
+    "eligibility",
+    "check_algorithm_name",
+    "cost_features",
+    "predict_seconds",
+    "dtype_tolerance",
+]
 
 
 @dataclass(frozen=True)
@@ -61,15 +90,47 @@ def check_algorithm_name(algorithm: object, fn: str) -> str:
     return algorithm
 
 
-def eligibility(spec: ConvSpec, name: str, facts: DataFacts) -> str | None:
-    """Return None if ``name`` may serve ``spec`` with these values, else why not."""
-    reason = ALGORITHMS[name].supports(spec)
-    if reason is not None or ALGORITHMS[name].exact:
+def dtype_tolerance(dtype_name: str) -> float:
+    """Max error relative to the output's scale that ``auto`` accepts for a compute dtype.
+
+    Integers must be exact (0.0); float16 computes in float32, so it shares
+    float32's bound.
+    """
+    dtype = np.dtype(dtype_name)
+    if dtype.kind in "iu":
+        return 0.0
+    single = dtype.itemsize <= (8 if dtype.kind == "c" else 4)
+    return 1e-4 if single else 1e-10
+
+
+def error_bound(spec: ConvSpec, name: str) -> float:
+    """The algorithm's own accuracy estimate for ``spec`` (0.0 when it has none: exact)."""
+    bound = getattr(ALGORITHMS[name], "error_bound", None)
+    return float(bound(spec)) if callable(bound) else 0.0
+
+
+def eligibility(spec: ConvSpec, name: str, facts: DataFacts, *, auto: bool = False) -> str | None:
+    """Return None if ``name`` may serve ``spec`` with these values, else why not.
+
+    With ``auto=True`` the accuracy rule applies too: an algorithm whose error
+    bound exceeds the dtype's tolerance is never chosen automatically (an
+    explicit ``algorithm=`` request still gets it).
+    """
+    algorithm = ALGORITHMS[name]
+    reason = algorithm.supports(spec)
+    if reason is not None or algorithm.exact:
         return reason
-    if np.dtype(spec.dtype).kind in "iu" and not facts.integer_fft_safe:
-        return "integer inputs are too large for an exact result in float64 transforms"
+    if np.dtype(spec.dtype).kind in "iu":
+        if not facts.integer_fft_safe:
+            return "integer inputs are too large for an exact result in float64 transforms"
+        return None  # exact after rounding: the guard keeps every sum below 2**50
     if not facts.finite:
         return "the input contains NaN or Inf, which a transform would spread beyond the kernel's footprint"
+    if auto:
+        bound, tolerance = error_bound(spec, name), dtype_tolerance(spec.dtype)
+        if bound > tolerance:
+            return (f"its error bound {bound:.1e} of the output scale exceeds the {spec.dtype} "
+                    f"tolerance {tolerance:.0e}")
     return None
 
 
@@ -87,6 +148,172 @@ def batch_chunk_for(spec: ConvSpec, name: str, limit: int) -> tuple[int, int] | 
     return chunk, algorithm.workspace_bytes(spec.with_batch(chunk))
 
 
+# ---------------------------------------------------------------------------
+# Cost model: counts of work per algorithm (pure functions of the spec).
+# Legend: N batch, G groups, C in/O out channels per group, K kernel taps,
+# P output positions, F transform points, T Winograd tiles, A points per tile.
+# ---------------------------------------------------------------------------
+
+def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
+    """Tiles and transform points per tile of F(m, 3) (Lavin & Gray), ``m`` as the algorithm picks it."""
+    chooser = getattr(ALGORITHMS.get("winograd"), "tile_size", None)
+    m = chooser(spec) if callable(chooser) else (4 if min(spec.output_shape) >= 4 else 2)
+    tiles = math.prod(-(-o // m) for o in spec.output_shape)
+    return tiles, (m + 2) ** spec.spatial_ndim
+
+
+def _fft_tiles(spec: ConvSpec) -> tuple[int, int]:
+    """Tiles and transform points per tile (one untiled transform if the algorithm does not tile)."""
+    from .algorithms import fft as fft_module
+
+    tile_plan = getattr(fft_module, "tile_plan", None)
+    if callable(tile_plan):
+        plan = tile_plan(spec)
+        return math.prod(plan.tile_counts), math.prod(plan.transform_shape)
+    return 1, math.prod(s + e - 1 for s, e in zip(spec.padded_shape, spec.effective_kernel_shape))
+
+
+def _direct_is_compiled(spec: ConvSpec) -> bool:
+    from .algorithms import direct as direct_module
+
+    compiled = getattr(direct_module, "uses_compiled_kernel", None)
+    return bool(compiled(spec)) if callable(compiled) else False
+
+
+def cost_features(spec: ConvSpec, name: str) -> list[float]:
+    """Counts of work whose weighted sum predicts ``name``'s time on ``spec``.
+
+    The weights are ``_calibration.coefficients(name, precision)``; an algorithm
+    the model does not know gets ``[multiply-adds, 1]``. Where an algorithm
+    exposes its own geometry (FFT tiles, Winograd tile size, whether direct
+    runs its compiled loop), the counts follow it.
+    """
+    n, g = spec.batch, spec.groups
+    c, o = spec.in_channels_per_group, spec.out_channels_per_group
+    k, p = spec.kernel_size, math.prod(spec.output_shape)
+    itemsize = spec.itemsize
+    # A complex multiply-add is four real ones.
+    macs = float(spec.macs) * (4 if np.dtype(spec.dtype).kind == "c" else 1)
+    if name == "direct":
+        if _direct_is_compiled(spec):
+            # compiled stencil: multiply-adds at vector speed, no gathers, no BLAS calls
+            return [0.0, 0.0, 0.0, macs, 1.0]
+        # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view
+        return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0, 1.0]
+    if name == "im2col":
+        # gather C*K rows of P columns, then one GEMM per (batch, group)
+        return [macs, float(n * g * c * k * p * itemsize), float(n * g), 1.0]
+    if name == "fft":
+        tiles, points = _fft_tiles(spec)
+        log = math.log2(max(points, 2))
+        transforms = (n * g * (c + o) * tiles + g * o * c) * points * log
+        # per frequency, a complex (O, C) @ (C, N * tiles) product; half the points for real data
+        freq_macs = n * g * o * c * tiles * points * 2.0
+        return [float(transforms), freq_macs, float(n * g * (c + o) * tiles * points * itemsize), 1.0]
+    if name == "winograd":
+        tiles, per_tile = _winograd_tiles(spec)
+        return [float(n * g * c * tiles * per_tile), float(n * g * o * c * tiles * per_tile),
+                float(n * g * o * tiles * per_tile), 1.0]
+    return [macs, 1.0]
+
+
+def predict_seconds(spec: ConvSpec, name: str, batch_chunk: int | None = None) -> float:
+    """Predicted run time of ``name`` on ``spec`` (run in chunks of ``batch_chunk``)."""
+    chunk = spec.batch if not batch_chunk else min(batch_chunk, spec.batch)
+    sub = spec.with_batch(chunk)
+    features = cost_features(sub, name)
+    coef = coefficients(name, precision_class(spec.dtype))
+    if len(coef) != len(features):  # an algorithm the calibration table does not know yet
+        features = cost_features(sub, "generic")
+        coef = coefficients("generic", precision_class(spec.dtype))
+    per_chunk = float(np.dot(features, coef))
+    return per_chunk * -(-spec.batch // max(chunk, 1))
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+@functools.lru_cache(maxsize=4096)
+def candidates(
+    spec: ConvSpec, facts: DataFacts, limit: int
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, str], ...]]:
+    """Eligible algorithms as ``(name, batch_chunk, workspace)`` and the excluded ones with why."""
+    eligible, excluded = [], []
+    for name in ALGORITHMS:
+        reason = eligibility(spec, name, facts, auto=True)
+        if reason is None:
+            fit = batch_chunk_for(spec, name, limit)
+            if fit is None:
+                need = format_bytes(ALGORITHMS[name].workspace_bytes(spec.with_batch(1)))
+                reason = f"needs {need} of workspace for one batch item, over the memory limit"
+            else:
+                eligible.append((name, fit[0], fit[1]))
+                continue
+        excluded.append((name, reason))
+    return tuple(eligible), tuple(excluded)
+
+
+def _excluded_clause(excluded: tuple[tuple[str, str], ...]) -> str:
+    if not excluded:
+        return ""
+    return "; excluded: " + ", ".join(f"{name} ({why})" for name, why in excluded)
+
+
+def _ranked(spec: ConvSpec, eligible: tuple[tuple[str, int, int], ...]) -> list[tuple[float, str]]:
+    return sorted((predict_seconds(spec, name, chunk), name) for name, chunk, _ in eligible)
+
+
+def _source() -> str:
+    date = CALIBRATION.get("date", "")
+    if not date or "prior" in date:
+        return "hand-written cost-model priors"
+    return f"the cost model calibrated on {CALIBRATION['machine'].get('cpu', 'unknown')} ({date})"
+
+
+def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -> Plan:
+    """Pick the eligible algorithm with the lowest predicted time; the reason says why."""
+    eligible, excluded = candidates(spec, facts, limit)
+    if not eligible:
+        raise MemoryError(
+            f"{fn}: no algorithm can serve the problem {spec.full_output_shape} within the memory "
+            f"limit of {format_bytes(limit)}{_excluded_clause(excluded)}; raise "
+            f"trueconv.set_memory_limit or use trueconv.dask"
+        )
+    fits = {name: (chunk, workspace) for name, chunk, workspace in eligible}
+    ranked = _ranked(spec, eligible)
+    best_time, best = ranked[0]
+    if len(ranked) == 1:
+        reason = f"{best} is the only eligible algorithm{_excluded_clause(excluded)}"
+    else:
+        others = ", ".join(f"{name} {format_seconds(t)}" for t, name in ranked[1:])
+        reason = (f"{best} has the lowest predicted time ({format_seconds(best_time)}; {others}) "
+                  f"by {_source()}{_excluded_clause(excluded)}")
+    return Plan(best, reason, fits[best][1], fits[best][0])
+
+
+def tuned_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -> Plan:
+    """Time the eligible candidates once per key (or reuse the cached winner)."""
+    eligible, excluded = candidates(spec, facts, limit)
+    if len(eligible) <= 1:
+        return heuristic_plan(spec, facts, limit, fn)
+    fits = {name: (chunk, workspace) for name, chunk, workspace in eligible}
+    order = [name for _, name in _ranked(spec, eligible)]
+    result = _autotune.tune(spec, {name: fits[name][0] for name in order})
+    if result is None:  # nothing could be measured: fall back to the model
+        return heuristic_plan(spec, facts, limit, fn)
+    best = result.algorithm
+    timed = sorted((t, name) for name, t in result.seconds.items() if name != best)
+    others = ", ".join(f"{name} {format_seconds(t)}" for t, name in timed) or "no other timing"
+    reason = (f"{best} measured fastest ({format_seconds(result.seconds[best])}; {others}) on "
+              f"synthetic data of this shape, {result.source}{_excluded_clause(excluded)}")
+    return Plan(best, reason, fits[best][1], fits[best][0], measured=True)
+
+
 @functools.lru_cache(maxsize=4096)
 def _choose_cached(spec: ConvSpec, algorithm: str, facts: DataFacts, limit: int, fn: str) -> Plan:
     if algorithm != "auto":
@@ -101,39 +328,20 @@ def _choose_cached(spec: ConvSpec, algorithm: str, facts: DataFacts, limit: int,
                 f"one batch item (limit {format_bytes(limit)}); use algorithm='direct' or a Dask array"
             )
         return Plan(algorithm, "requested explicitly", fit[1], fit[0])
-    return heuristic_plan(spec, facts, limit)
-
-
-def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int) -> Plan:
-    """Pick by rules of thumb; each rule states its reason."""
-    fits = {}
-    for name in ALGORITHMS:
-        if eligibility(spec, name, facts) is None:
-            fit = batch_chunk_for(spec, name, limit)
-            if fit is not None:
-                fits[name] = fit
-
-    def plan(name: str, reason: str) -> Plan:
-        return Plan(name, reason, fits[name][1], fits[name][0])
-
-    dtype = np.dtype(spec.dtype)
-    # Transform cost ~ (planes) * F log F, direct cost ~ MACs: SciPy's _fftconv_faster idea.
-    if "fft" in fits and spec.kernel_size >= 64 and all(s == 1 for s in spec.stride):
-        return plan("fft", f"{spec.kernel_size}-tap kernel: FFT cost grows with the image, not the kernel")
-    if "im2col" in fits and spec.kernel_size > 1 and dtype.kind in "fc":
-        return plan("im2col", "one BLAS GEMM over gathered windows; workspace fits the memory limit")
-    if "direct" in fits:
-        why = "integer inputs: exact int64 accumulation" if dtype.kind in "iu" else \
-            "no gather needed (1x1 kernel or workspace-bound call)"
-        return plan("direct", why)
-    name = next(iter(fits))
-    return plan(name, "the only algorithm whose workspace fits the memory limit")
+    return heuristic_plan(spec, facts, limit, fn)
 
 
 def choose(spec: ConvSpec, algorithm: str = "auto", facts: DataFacts = DataFacts(), *, fn: str = "plan") -> Plan:
-    """Return the :class:`Plan` for ``spec`` (cached per spec, data facts and limit)."""
+    """Return the :class:`Plan` for ``spec`` (cached per spec, data facts and limit).
+
+    ``auto`` follows the cost model, or the autotuner when it is enabled
+    (``trueconv.set_autotune(True)`` or ``TRUECONV_AUTOTUNE=1``).
+    """
     check_algorithm_name(algorithm, fn)
-    return _choose_cached(spec, algorithm, facts, get_memory_limit(), fn)
+    limit = get_memory_limit()
+    if algorithm == "auto" and spec.batch > 0 and _autotune.autotune_enabled():
+        return tuned_plan(spec, facts, limit, fn)
+    return _choose_cached(spec, algorithm, facts, limit, fn)
 
 
 plan_cache = _choose_cached

@@ -87,13 +87,25 @@ def _signal(
 
 def _check_fillvalue(fillvalue: object, result: np.dtype, fn: str) -> object:
     value = np.asarray(fillvalue)
+    if value.dtype.kind not in "biufc":
+        raise TypeError(f"{fn}: fillvalue must be a number, got {type(fillvalue).__name__} {fillvalue!r}")
     if value.size == 0:
         raise ValueError(f"{fn}: fillvalue cannot be an empty array")
     if value.size != 1:
         raise ValueError(f"{fn}: fillvalue must be scalar or an array with one element, got shape {value.shape}")
     if not np.can_cast(value.dtype, result, "same_kind") and value.dtype.kind == "c":
         raise ValueError(f"{fn}: could not cast fillvalue of dtype {value.dtype} to the output type {result}")
-    return value.reshape(()).item()
+    fill = value.reshape(()).item()
+    if result.kind in "iu" and value.dtype.kind in "iuf":
+        # SciPy casts the fillvalue to the output type first (truncating 1.5 to 1, as we do),
+        # but it also wraps -1 to 255 for uint8; an exact library refuses instead.
+        info = np.iinfo(result)
+        if not np.isfinite(fill) or not info.min <= int(fill) <= info.max:
+            raise ValueError(
+                f"{fn}: fillvalue {fill!r} does not fit the output type {result} "
+                f"[{info.min}, {info.max}]; cast the inputs to a wider type"
+            )
+    return fill
 
 
 def convolve(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = "full",
@@ -149,12 +161,15 @@ def correlate(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = "f
     return _signal(in1, in2, mode, method, "correlation", "correlate")
 
 
-def _check_2d(in1: object, in2: object, fn: str) -> None:
-    if np.ndim(in1) != 2 or np.ndim(in2) != 2:
+def _check_2d(in1: object, in2: object, fn: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return both inputs as arrays (type errors first), refusing anything but 2-D."""
+    a, b = as_array(in1, "in1", fn), as_array(in2, "in2", fn)
+    if a.ndim != 2 or b.ndim != 2:
         raise ValueError(
-            f"{fn} inputs must both be 2-D arrays, got in1 of shape {np.shape(in1)} and in2 of "
-            f"shape {np.shape(in2)}"
+            f"{fn} inputs must both be 2-D arrays, got in1 of shape {a.shape} and in2 of "
+            f"shape {b.shape}"
         )
+    return a, b
 
 
 def convolve2d(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = "full",
@@ -176,7 +191,7 @@ def convolve2d(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = "
            [0., 3., 4.]])
     """
     fn = "convolve2d"
-    _check_2d(in1, in2, fn)
+    in1, in2 = _check_2d(in1, in2, fn)
     return _signal(in1, in2, mode, "direct", "convolution", fn, normalize_boundary(boundary, fn), fillvalue)
 
 
@@ -191,7 +206,7 @@ def correlate2d(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = 
     array([[5.]])
     """
     fn = "correlate2d"
-    _check_2d(in1, in2, fn)
+    in1, in2 = _check_2d(in1, in2, fn)
     return _signal(in1, in2, mode, "direct", "correlation", fn, normalize_boundary(boundary, fn), fillvalue,
                    correlate2d_rules=True)
 
@@ -218,35 +233,47 @@ def fftconvolve(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = 
     if a.ndim == b.ndim == 0:
         return a * b
     check_signal_shapes(a.shape, b.shape, fn)
-    conv_axes = normalize_axes(axes, a.ndim, fn)
+    # SciPy (_init_freq_conv_axes) transforms only the axes where both inputs are longer
+    # than 1; every other axis is a broadcast product, so it must have equal sizes or a 1.
+    fft_axes = tuple(
+        axis for axis in normalize_axes(axes, a.ndim, fn) if a.shape[axis] != 1 and b.shape[axis] != 1
+    )
     for axis in range(a.ndim):
-        if axis not in conv_axes and a.shape[axis] != b.shape[axis] and 1 not in (a.shape[axis], b.shape[axis]):
+        if axis not in fft_axes and a.shape[axis] != b.shape[axis] and 1 not in (a.shape[axis], b.shape[axis]):
             raise ValueError(
                 f"{fn}: incompatible shapes for in1 and in2: {a.shape} and {b.shape} "
                 f"(axis {axis} is not convolved, so sizes must match or be 1)"
             )
-    if mode == "valid":
-        sub = tuple(a.shape[i] for i in conv_axes), tuple(b.shape[i] for i in conv_axes)
+    if mode == "valid" and fft_axes:
+        sub = tuple(a.shape[i] for i in fft_axes), tuple(b.shape[i] for i in fft_axes)
         if valid_swap_needed(*sub, fn):
             a, b = b, a
-    if a.dtype.kind in "iu" or b.dtype.kind in "iu":
-        a, b = a.astype(np.result_type(a.dtype, b.dtype, np.float64)), b.astype(np.result_type(a.dtype, b.dtype, np.float64))
-    full = [a.shape[i] + b.shape[i] - 1 for i in conv_axes]
-    fshape = [sp_fft.next_fast_len(n, True) for n in full]
-    complex_result = a.dtype.kind == "c" or b.dtype.kind == "c"
-    fwd, inv = (sp_fft.fftn, sp_fft.ifftn) if complex_result else (sp_fft.rfftn, sp_fft.irfftn)
-    product = fwd(a, fshape, axes=conv_axes, workers=get_num_threads()) * fwd(b, fshape, axes=conv_axes, workers=get_num_threads())
-    out = inv(product, fshape, axes=conv_axes, workers=get_num_threads())
-    index = [slice(None)] * out.ndim
-    for axis, n in zip(conv_axes, full):
-        if mode == "full":
-            start, length = 0, n
-        elif mode == "same":
-            length = a.shape[axis] if (mode != "valid") else 0
-            start = (n - length) // 2
-        else:
+    if not fft_axes:
+        out = a * b  # no transform at all: SciPy keeps the inputs' dtype, even integers
+    else:
+        if a.dtype.kind in "iu" or b.dtype.kind in "iu":
+            wide = np.result_type(a.dtype, b.dtype, np.float64)
+            a, b = a.astype(wide), b.astype(wide)
+        fshape = [sp_fft.next_fast_len(a.shape[axis] + b.shape[axis] - 1, True) for axis in fft_axes]
+        complex_result = a.dtype.kind == "c" or b.dtype.kind == "c"
+        fwd, inv = (sp_fft.fftn, sp_fft.ifftn) if complex_result else (sp_fft.rfftn, sp_fft.irfftn)
+        workers = get_num_threads()
+        product = fwd(a, fshape, axes=fft_axes, workers=workers) * \
+            fwd(b, fshape, axes=fft_axes, workers=workers)
+        # No cast afterwards: the dtype is scipy.fft's (float16 in, float32 out), as SciPy's.
+        out = inv(product, fshape, axes=fft_axes, workers=workers)
+    # Crop like SciPy's _apply_conv_mode/_centered: 'full' along the transformed axes and
+    # the broadcast size elsewhere; 'same' centres on in1's shape on EVERY axis; 'valid'
+    # keeps in1 - in2 + 1 on the transformed axes.
+    index = []
+    for axis in range(a.ndim):
+        full = a.shape[axis] + b.shape[axis] - 1 if axis in fft_axes else max(a.shape[axis], b.shape[axis])
+        if mode == "same":
+            length = a.shape[axis]
+        elif mode == "valid" and axis in fft_axes:
             length = a.shape[axis] - b.shape[axis] + 1
-            start = b.shape[axis] - 1
-        index[axis] = slice(start, start + length)
-    out = out[tuple(index)]
-    return np.ascontiguousarray(out.astype(np.result_type(a.dtype, b.dtype), copy=False))
+        else:
+            length = full
+        start = (full - length) // 2
+        index.append(slice(start, start + length))
+    return np.ascontiguousarray(out[tuple(index)])

@@ -503,3 +503,132 @@ def normalize_axes(axes: object, ndim: int, fn: str) -> tuple[int, ...]:
     if len(set(values)) != len(values):
         raise ValueError(f"{fn}: all axes must be unique, got {tuple(values)}")
     return tuple(sorted(values))
+
+
+# --------------------------------------------------------------------------
+# Gradients and transposed convolution (used by trueconv._grad)
+# --------------------------------------------------------------------------
+GRADIENT_NAMES = ("input", "weight", "bias")
+
+
+def normalize_needs(needs: object, fn: str) -> frozenset[str]:
+    """Return the set of gradients asked for: a subset of ``GRADIENT_NAMES``."""
+    items = (needs,) if isinstance(needs, str) else needs
+    try:
+        items = tuple(items)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{fn}: needs must be a tuple of names from {GRADIENT_NAMES}, got {needs!r}"
+        ) from None
+    return frozenset(normalize_choice(item, GRADIENT_NAMES, "needs", fn) for item in items)
+
+
+def check_grad_output(
+    grad_shape: tuple[int, ...],
+    expected_shape: tuple[int, ...],
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    fn: str,
+) -> None:
+    """grad_output must have exactly the forward output's shape (TF CVE-2021-29520)."""
+    if tuple(grad_shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{fn}: grad_output must have the forward output's shape {tuple(expected_shape)} "
+            f"(input of shape {tuple(x_shape)}, weight of shape {tuple(w_shape)}), got "
+            f"grad_output of shape {tuple(grad_shape)}"
+        )
+
+
+def normalize_conv_transpose(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    stride: SizeArg,
+    padding: PaddingArg,
+    output_padding: SizeArg,
+    groups: int,
+    dilation: SizeArg,
+    fn: str,
+    dtype: object = "float64",
+) -> tuple[ConvSpec, bool]:
+    """Validate a transposed-convolution call; return the forward conv it is the adjoint of.
+
+    ``x`` is ``(N, C_in, *in)`` and ``weight`` ``(C_in, C_out / groups, *kernel)``
+    (PyTorch's layout). The returned spec describes the forward convolution
+    from ``(N, C_out, *out)`` with that weight, whose input-gradient the
+    transposed convolution is; ``out`` follows :func:`transpose_output_size`.
+    Returns ``(spec, batched)``.
+    """
+    batched = check_array_ranks(x_shape, w_shape, fn)
+    batch, in_channels, *spatial = x_shape if batched else (1, *x_shape)
+    nd = len(w_shape) - 2
+    weight_in, out_per_group, *kernel = w_shape
+    stride_t = normalize_positive(stride, nd, "stride", fn)
+    dilation_t = normalize_positive(dilation, nd, "dilation", fn)
+    groups = normalize_groups(groups, fn)
+    if any(k == 0 for k in kernel):
+        raise ValueError(f"{fn}: weight of shape {tuple(w_shape)} has a kernel dimension of size 0")
+    if weight_in != in_channels:
+        raise ValueError(
+            f"{fn}: weight of shape {tuple(w_shape)} (in_channels, out_channels/groups, *kernel) "
+            f"expects input with {weight_in} channels, but got input of shape {tuple(x_shape)} "
+            f"with {in_channels} channels"
+        )
+    if in_channels % groups:
+        raise ValueError(
+            f"{fn}: groups={groups} must divide in_channels={in_channels} "
+            f"(weight of shape {tuple(w_shape)})"
+        )
+    out_channels = out_per_group * groups
+    if bias_shape is not None and tuple(bias_shape) != (out_channels,):
+        raise ValueError(
+            f"{fn}: expected bias to be 1-dimensional with {out_channels} elements "
+            f"(weight of shape {tuple(w_shape)}, groups={groups}), but got bias of shape "
+            f"{tuple(bias_shape)}"
+        )
+    if any(n == 0 for n in spatial):
+        raise ValueError(
+            f"{fn}: input spatial dims must be > 0, got input of shape {tuple(x_shape)}; only "
+            f"a zero batch or zero channels are supported"
+        )
+    if isinstance(padding, str) and padding != "valid":
+        raise ValueError(
+            f"{fn}: padding must be 'valid', an int, a tuple of ints or a tuple of (before, "
+            f"after) pairs, got {padding!r} ('same' is not defined for a transposed convolution)"
+        )
+    pad_widths = normalize_padding(padding, spatial, kernel, stride_t, dilation_t, fn)
+    output_padding_t = normalize_tuple(output_padding, nd, "output_padding", fn)
+    for axis, (op, s, d) in enumerate(zip(output_padding_t, stride_t, dilation_t)):
+        # PyTorch's rule: extra rows beyond what striding or dilation could have dropped
+        # would not be rows of any forward input.
+        if op < 0 or op >= max(s, d):
+            raise ValueError(
+                f"{fn}: output_padding must be >= 0 and smaller than either stride or "
+                f"dilation, i.e. in [0, {max(s, d)}) on spatial axis {axis}, got "
+                f"output_padding={output_padding_t} for stride={stride_t}, dilation={dilation_t}"
+            )
+    out_shape = tuple(
+        map(transpose_output_size, spatial, kernel, stride_t, dilation_t,
+            [lo for lo, _ in pad_widths], [hi for _, hi in pad_widths], output_padding_t)
+    )
+    if any(n <= 0 for n in out_shape):
+        raise ValueError(
+            f"{fn}: output size {out_shape} is not positive: (in - 1) * stride - pad_before - "
+            f"pad_after + dilation * (kernel - 1) + 1 + output_padding with input of shape "
+            f"{tuple(x_shape)}, weight of shape {tuple(w_shape)}, padding {pad_widths}; use "
+            f"less padding"
+        )
+    check_element_count((batch, out_channels, *out_shape), "output", fn)
+    spec = ConvSpec(
+        batch=batch,
+        in_channels=out_channels,
+        out_channels=in_channels,
+        groups=groups,
+        input_shape=out_shape,
+        kernel_shape=tuple(kernel),
+        stride=stride_t,
+        dilation=dilation_t,
+        pad_widths=pad_widths,
+        dtype=_dtype_name(dtype),
+    )
+    return spec, batched

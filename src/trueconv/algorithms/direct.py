@@ -1,13 +1,29 @@
-"""Direct convolution: one small GEMM per kernel tap, accumulated in place.
+"""Direct convolution: a compiled row stencil, or one small GEMM per kernel tap.
 
-For each tap the strided input view it touches is multiplied by that tap's
-``(O, C)`` weight slice and added to the output (the "shift and accumulate"
-formulation). It needs no workspace beyond one tap's view, keeps integer
-arithmetic exact, and serves every dtype NumPy's ``matmul`` does.
+Two exact formulations of the same sum, chosen by a pure function of the spec
+(:func:`uses_compiled_kernel`: never of the batch or image size, so a batch
+split by the engine gives bitwise the same result):
+
+* **Compiled row stencil** (``_kernels_numba.py``, Numba): for int64, float32
+  and float64 with 1 to 3 spatial dims, when channels per group are few
+  (depthwise, single-image filtering, RGB input) or the dtype is integer
+  (NumPy's integer matmul has no BLAS). Each output row segment stays in L1
+  while every tap adds ``w * x_row`` to it in a vectorized loop; zero padding
+  is not materialized.
+* **GEMM per tap** (the fallback and the many-channel path): for each tap the
+  strided input view it touches is multiplied by that tap's ``(O, C)`` weight
+  slice and added to the output ("shift and accumulate"). It needs no
+  workspace beyond one tap's view, keeps integer arithmetic exact, and serves
+  every dtype NumPy's ``matmul`` does (complex, uint64, longdouble).
+
+Both accumulate in the compute dtype (float32 sums in float32, like torch and
+OpenCV; integers in int64) and give a direct sum's NaN/Inf footprint: a NaN or
+Inf in ``x`` reaches exactly the outputs whose window holds it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -15,8 +31,51 @@ import numpy as np
 from .._spec import ConvSpec
 from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_view, zero_pad
 
+__all__ = ["Direct", "uses_compiled_kernel", "COMPILED_DTYPES", "COMPILED_MAX_CHANNELS"]
+
+#: Dtypes with a compiled loop (one Numba signature each, compiled on first use).
+COMPILED_DTYPES = ("int64", "float32", "float64")
+#: Floating-point calls with at most this many input channels per group use the
+#: compiled loop; above it the per-tap GEMMs reuse each input row across output
+#: channels at BLAS speed and win.
+COMPILED_MAX_CHANNELS = 4
+
+
+def _numba_kernels():  # noqa: ANN202
+    """The compiled module, or None when Numba is not installed (NumPy fallback)."""
+    try:
+        from . import _kernels_numba
+    except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without it
+        return None
+    return _kernels_numba
+
+
+def uses_compiled_kernel(spec: ConvSpec) -> bool:
+    """Return True when :class:`Direct` runs the compiled loop for ``spec``.
+
+    A pure function of dtype, rank and channels per group, so the planner can
+    rely on it and a batch split never changes the summation order.
+
+    Examples
+    --------
+    >>> from trueconv._spec import ConvSpec
+    >>> depthwise = ConvSpec(8, 32, 32, 32, (112, 112), (3, 3), (1, 1), (1, 1),
+    ...                      ((1, 1), (1, 1)), "float32")
+    >>> uses_compiled_kernel(depthwise)
+    True
+    >>> uses_compiled_kernel(depthwise.with_dtype("complex64"))
+    False
+    """
+    if spec.dtype not in COMPILED_DTYPES or not 1 <= spec.spatial_ndim <= 3:
+        return False
+    if spec.dtype != "int64" and spec.in_channels_per_group > COMPILED_MAX_CHANNELS:
+        return False
+    return _numba_kernels() is not None
+
 
 class Direct:
+    """The exact direct sum (see the module docstring for its two formulations)."""
+
     name: ClassVar[str] = "direct"
     exact: ClassVar[bool] = True
 
@@ -24,18 +83,41 @@ class Direct:
         return None
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
-        padded = spec.batch * spec.in_channels * int(np.prod(spec.padded_shape))
+        if uses_compiled_kernel(spec):
+            # contiguous copies of x and weight when given views; no padded copy
+            # (a padded one only when the weight holds NaN/Inf, see run)
+            padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
+            return (padded + spec.out_channels * spec.in_channels_per_group * spec.kernel_size) \
+                * spec.itemsize
+        padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
         one_tap = spec.batch * spec.in_channels * output_positions(spec)
-        return (padded + one_tap) * spec.itemsize
+        return (padded + 2 * one_tap) * spec.itemsize
 
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        n, g, c, o = spec.batch, spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
-        p = output_positions(spec)
-        x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
-        w = grouped_weight(weight, spec)  # (G, O, C, K)
-        out = np.zeros((n, g, o, p), dtype=np.result_type(x, weight))
-        for k, tap in enumerate(tap_offsets(spec)):
-            window = tap_view(x_padded, tap, spec).reshape(n, g, c, p)
-            # (N, G, O, P) += (G, O, C) @ (N, G, C, P)
-            out += np.matmul(w[..., k], window)
-        return out.reshape(spec.full_output_shape)
+        if uses_compiled_kernel(spec):
+            return _run_compiled(x, weight, spec)
+        return _run_gemm_per_tap(x, weight, spec)
+
+
+def _run_compiled(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    kernels = _numba_kernels()
+    pads = tuple(before for before, _ in spec.pad_widths)
+    if any(lo or hi for lo, hi in spec.pad_widths) and not np.isfinite(weight).all():
+        # 0 * inf = NaN: a direct sum over a zero-padded input puts NaN wherever a
+        # non-finite tap meets padding, which skipping the padded taps would not.
+        x, pads = zero_pad(x, spec), (0,) * spec.spatial_ndim
+    return kernels.correlate(x, weight, spec.out_channels_per_group, spec.stride, spec.dilation,
+                             pads, spec.output_shape)
+
+
+def _run_gemm_per_tap(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    n, g, c, o = spec.batch, spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
+    p = output_positions(spec)
+    x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
+    w = grouped_weight(weight, spec)  # (G, O, C, K)
+    out = np.zeros((n, g, o, p), dtype=np.result_type(x, weight))
+    for k, tap in enumerate(tap_offsets(spec)):
+        window = tap_view(x_padded, tap, spec).reshape(n, g, c, p)
+        # (N, G, O, P) += (G, O, C) @ (N, G, C, P)
+        out += np.matmul(w[..., k], window)
+    return out.reshape(spec.full_output_shape)

@@ -1,0 +1,279 @@
+"""Calibration constants of the planner's cost model, as data with provenance.
+
+The planner (``_planner.cost_features``) describes each algorithm's work on a
+:class:`~trueconv._spec.ConvSpec` by a few counts (multiply-adds, bytes
+gathered, BLAS calls, transform points...). The predicted time is the dot
+product of those counts with the coefficients below, one vector per algorithm
+and precision class (``float32``, ``float64``, ``int64``). The coefficients
+were fitted by non-negative least squares on relative error to the median
+times of a fixed training set of shapes (CuPy's ``_convolve_choose.py`` idea,
+with the provenance CuPy's table lacks: machine, date, library versions).
+
+Regenerate on your machine (takes about a minute; run it on a quiet machine)::
+
+    python -m trueconv._calibration            # print the new table
+    python -m trueconv._calibration --write    # and rewrite this file in place
+
+Only the ranking of algorithms matters to the planner, so a table from a
+different machine degrades choices gracefully; ``trueconv.set_autotune(True)``
+measures instead of predicting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# --- BEGIN GENERATED TABLE (python -m trueconv._calibration --write) ---
+CALIBRATION: dict[str, Any] = {
+    "date": "hand-written priors",
+    "machine": {"cpu": "unknown", "cores": 2, "platform": "unknown"},
+    "versions": {},
+    "threads": 2,
+    "blas": [],
+    "coefficients": {
+        "direct": {
+            "float32": [2e-11, 2e-10, 2e-06, 2e-10, 2e-05],
+            "float64": [4e-11, 2e-10, 2e-06, 4e-10, 2e-05],
+            "int64": [1e-09, 4e-10, 2e-06, 5e-10, 2e-05],
+        },
+        "im2col": {
+            "float32": [1e-11, 3e-10, 3e-06, 2e-05],
+            "float64": [2e-11, 3e-10, 3e-06, 2e-05],
+            "int64": [1e-09, 5e-10, 3e-06, 2e-05],
+        },
+        "fft": {
+            "float32": [2e-10, 4e-10, 5e-10, 5e-05],
+            "float64": [3e-10, 8e-10, 8e-10, 5e-05],
+            "int64": [3e-10, 8e-10, 8e-10, 5e-05],
+        },
+        "winograd": {
+            "float32": [1e-09, 1e-11, 1e-09, 5e-05],
+            "float64": [2e-09, 2e-11, 2e-09, 5e-05],
+            "int64": [1e-06, 1e-06, 1e-06, 1e-03],
+        },
+        "generic": {
+            "float32": [1e-10, 1e-04],
+            "float64": [2e-10, 1e-04],
+            "int64": [2e-09, 1e-04],
+        },
+    },
+}
+# --- END GENERATED TABLE ---
+
+PRECISIONS = ("float32", "float64", "int64")
+
+
+def precision_class(dtype_name: str) -> str:
+    """Map a compute dtype to the calibration class whose speed it shares."""
+    import numpy as np
+
+    dtype = np.dtype(dtype_name)
+    if dtype.kind in "iu":
+        return "int64"
+    if dtype.kind == "c":
+        return "float32" if dtype.itemsize <= 8 else "float64"
+    return "float32" if dtype.itemsize <= 4 else "float64"
+
+
+def coefficients(algorithm: str, precision: str) -> list[float]:
+    """The fitted coefficient vector, or the generic one for an uncalibrated algorithm."""
+    table = CALIBRATION["coefficients"]
+    return table.get(algorithm, table["generic"]).get(precision) or table["generic"][precision]
+
+
+# ---------------------------------------------------------------------------
+# Regeneration: measure the training set, fit, print or rewrite this file.
+# ---------------------------------------------------------------------------
+
+def training_specs(precision: str) -> list[Any]:
+    """A fixed set of small, representative problems (each runs in well under 0.1 s)."""
+    from ._spec import ConvSpec
+
+    dtype = {"float32": "float32", "float64": "float64", "int64": "int64"}[precision]
+
+    def spec(n, c, o, g, size, kernel, stride=1, dilation=1, pad=None):  # noqa: ANN001, ANN202
+        nd = len(size)
+        kernel = tuple(kernel) if isinstance(kernel, tuple) else (kernel,) * nd
+        pad = tuple((k // 2, k // 2) for k in kernel) if pad is None else pad
+        return ConvSpec(n, c, o, g, tuple(size), kernel, (stride,) * nd, (dilation,) * nd, pad, dtype)
+
+    specs = [
+        spec(1, 16, 16, 1, (32, 32), 3),
+        spec(2, 32, 32, 1, (28, 28), 3),
+        spec(1, 64, 64, 1, (14, 14), 3),
+        spec(4, 64, 64, 1, (14, 14), 3),
+        spec(1, 128, 128, 1, (7, 7), 3),
+        spec(2, 64, 32, 1, (28, 28), 1),
+        spec(1, 256, 64, 1, (14, 14), 1),
+        spec(2, 32, 32, 1, (28, 28), 3, stride=2),
+        spec(1, 32, 32, 32, (56, 56), 3),
+        spec(4, 16, 16, 16, (32, 32), 3),
+        spec(1, 3, 16, 1, (64, 64), 7, stride=2),
+        spec(1, 16, 16, 1, (28, 28), 3, dilation=2, pad=((2, 2), (2, 2))),
+        spec(1, 1, 1, 1, (128, 128), 3),
+        spec(1, 1, 1, 1, (128, 128), 15),
+        spec(1, 1, 1, 1, (128, 128), 31),
+        spec(1, 1, 1, 1, (65536,), 16, pad=((15, 15),)),
+        spec(1, 1, 1, 1, (16384,), 512, pad=((511, 511),)),
+        spec(1, 32, 32, 1, (1024,), 3),
+        spec(1, 8, 8, 1, (8, 16, 16), 3),
+        spec(1, 4, 8, 1, (32, 32), 9),
+        spec(1, 64, 64, 1, (28, 28), 3),
+        spec(2, 128, 128, 1, (7, 7), 3),
+        spec(1, 1, 1, 1, (256, 256), 7),
+        spec(1, 1, 1, 1, (65536,), 256, pad=((255, 255),)),
+        spec(1, 64, 64, 1, (512,), 3),
+    ]
+    if precision == "int64":
+        specs = specs[::3]  # integer matmul is slow and only ranks exact paths
+    return specs
+
+
+def _measure(run, repeats: int = 5) -> float:  # noqa: ANN001
+    run()  # warm-up (also compiles Numba loops)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if sum(times) > 0.5:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure_table(verbose: bool = True) -> dict[str, Any]:
+    """Time every registered algorithm on the training set and fit the coefficients."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    from ._planner import cost_features
+    from ._threads import blas_info, get_num_threads
+    from .algorithms import ALGORITHMS
+
+    rng = np.random.default_rng(0)
+    coefficients_: dict[str, dict[str, list[float]]] = {}
+    for name, algorithm in ALGORITHMS.items():
+        for precision in PRECISIONS:
+            rows, times = [], []
+            for spec in training_specs(precision):
+                if algorithm.supports(spec) is not None:
+                    continue
+                x_shape = (spec.batch, spec.in_channels, *spec.input_shape)
+                w_shape = (spec.out_channels, spec.in_channels_per_group, *spec.kernel_shape)
+                if precision == "int64":
+                    x = rng.integers(-8, 8, x_shape)
+                    w = rng.integers(-8, 8, w_shape)
+                else:
+                    x = rng.standard_normal(x_shape).astype(spec.dtype)
+                    w = rng.standard_normal(w_shape).astype(spec.dtype)
+                try:
+                    seconds = _measure(lambda: algorithm.run(x, w, spec))
+                except (ValueError, TypeError, NotImplementedError):
+                    continue
+                rows.append(cost_features(spec, name))
+                times.append(seconds)
+                if verbose:
+                    print(f"{name:9s} {precision:8s} {seconds * 1e3:9.3f} ms  {spec}",
+                          file=sys.stderr)
+            if len(rows) < 2:
+                continue
+            a = np.array(rows, dtype=float)
+            t = np.array(times)
+            # Relative error: scale each row by 1/t so small problems count as much as big ones.
+            coef, _ = nnls(a / t[:, None], np.ones_like(t))
+            coefficients_.setdefault(name, {})[precision] = [float(f"{c:.4g}") for c in coef]
+    for name, table in CALIBRATION["coefficients"].items():
+        # keep the priors of algorithms (or precisions) this run could not measure
+        for precision, coef in table.items():
+            coefficients_.setdefault(name, {}).setdefault(precision, coef)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        "threads": get_num_threads(),
+        "blas": [f"{p['internal_api']} {p['version']} {p['architecture']} threads={p['num_threads']}"
+                 for p in blas_info() if p["user_api"] == "blas"],
+        "coefficients": coefficients_,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "platform": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import scipy
+
+    from . import __version__
+
+    out = {"python": platform.python_version(), "numpy": numpy.__version__,
+           "scipy": scipy.__version__, "trueconv": __version__}
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        out["numba"] = numba.__version__
+    return out
+
+
+def render(table: dict[str, Any]) -> str:
+    """The generated block, as Python source."""
+    body = json.dumps(table, indent=4)
+    return f"CALIBRATION: dict[str, Any] = {body}\n"
+
+
+def write(table: dict[str, Any], path: Path | None = None) -> Path:
+    """Replace the generated block of this module's source with ``table``."""
+    path = path or Path(__file__)
+    source = path.read_text(encoding="utf-8")
+    pattern = re.compile(r"(# --- BEGIN GENERATED TABLE[^\n]*\n).*?(# --- END GENERATED TABLE ---)",
+                         re.DOTALL)
+    new, count = pattern.subn(lambda m: m.group(1) + render(table) + m.group(2), source)
+    if count != 1:
+        raise ValueError(f"_calibration.write: no generated block found in {path}")
+    path.write_text(new, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trueconv._calibration",
+                                     description="Re-measure the planner's cost model.")
+    parser.add_argument("--write", action="store_true", help="rewrite trueconv/_calibration.py")
+    parser.add_argument("--quiet", action="store_true", help="do not print each measurement")
+    args = parser.parse_args(argv)
+    table = measure_table(verbose=not args.quiet)
+    # JSON true/false/null never occur in the table, so the JSON text is valid Python.
+    assert all(v is not None for v in table.values())
+    print(render(table))
+    if args.write:
+        print(f"wrote {write(table)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["CALIBRATION", "coefficients", "precision_class", "cpu_model"]
