@@ -148,6 +148,34 @@ def test_palette_png_becomes_rgb(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), oracle(decoded, sharpen))
 
 
+def test_documented_mode_conversions(tmp_path, capsys):
+    from PIL import ImageOps
+
+    pixels = rng_image((10, 14, 3), np.uint8, seed=16)
+    # EXIF orientation 6: viewers rotate it; the command filters what they show
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    with Image.open(tmp_path / "rotated.jpg") as image:
+        shown = np.asarray(ImageOps.exif_transpose(image))
+    assert shown.shape == (14, 10, 3)
+    ok(capsys, tmp_path / "rotated.jpg", tmp_path / "r.npy", "-k", "1", "--output-dtype", "float64")
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), shown.astype(np.float64))
+    # CMYK JPEG becomes RGB; bilevel becomes 8-bit gray
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    with Image.open(tmp_path / "cmyk.jpg") as image:
+        assert image.mode == "CMYK"
+        rgb = np.asarray(image.convert("RGB"))
+    ok(capsys, tmp_path / "cmyk.jpg", tmp_path / "c.png", "-k", "1")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), rgb)
+    Image.fromarray(pixels[..., 0] > 128).save(tmp_path / "bits.png")
+    with Image.open(tmp_path / "bits.png") as image:
+        assert image.mode == "1"
+    ok(capsys, tmp_path / "bits.png", tmp_path / "b.png", "-k", "1")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")),
+                                  np.where(pixels[..., 0] > 128, 255, 0).astype(np.uint8))
+
+
 @pytest.mark.parametrize("mode_name", ["L", "RGB"])
 def test_jpeg_input_and_output(tmp_path, capsys, mode_name):
     rng = np.random.default_rng(4)
@@ -534,6 +562,15 @@ def test_npy_safety(tmp_path, capsys):
     assert not (tmp_path / "o.npy").exists()
 
 
+def test_npy_big_endian_and_fortran_order(tmp_path, capsys):
+    pixels = np.asfortranarray(rng_image((7, 9), np.float64, seed=18).astype(">f8"))
+    np.save(tmp_path / "in.npy", pixels)
+    ok(capsys, tmp_path / "in.npy", tmp_path / "out.npy", "-k", ODD_TEXT)
+    result = np.load(tmp_path / "out.npy")
+    assert result.dtype == np.float64 and result.dtype.isnative
+    np.testing.assert_allclose(result, oracle(pixels.astype(np.float64), ODD), rtol=1e-12, atol=1e-12)
+
+
 def test_memory_limit_checked_before_loading(tmp_path, capsys, monkeypatch):
     np.save(tmp_path / "in.npy", np.ones((64, 64)))
     monkeypatch.setenv("TRUECONV_MEMORY_LIMIT", "1K")
@@ -567,6 +604,23 @@ def test_zarr_dispatch(tmp_path, capsys, monkeypatch):
     fail(capsys, tmp_path / "in.zarr", tmp_path / "out.npy", "-k", "box:3", match="both INPUT and OUTPUT")
     fail(capsys, tmp_path / "in.zarr", tmp_path / "o.zarr", "-k", "box:3", "--normalize", match="--normalize")
     fail(capsys, tmp_path / "in.zarr", tmp_path / "in.zarr", "-k", "box:3", match="is the input store")
+
+
+def test_zarr_end_to_end(tmp_path, capsys):
+    zarr = pytest.importorskip("zarr", reason="the dask extra (zarr) is not installed")
+    pytest.importorskip("dask", reason="the dask extra is not installed")
+    from trueconv.cli._kernels import gaussian_kernel
+
+    pixels = rng_image((2, 37, 29), np.float64, seed=17)  # channels first: the last two axes are filtered
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=pixels.shape, chunks=(1, 16, 16), dtype="f8")
+    source[:] = pixels
+    ok(capsys, tmp_path / "in.zarr", tmp_path / "out.zarr", "-k", "gaussian:1.5", "--chunks", "16")
+    result = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[:]
+    for channel in range(2):
+        expected = scipy.signal.convolve2d(pixels[channel], gaussian_kernel(1.5), mode="same", boundary="symm")
+        np.testing.assert_allclose(result[channel], expected, rtol=0, atol=1e-12)
+    fail(capsys, tmp_path / "in.zarr", tmp_path / "out.zarr", "-k", "box:3", match="pass --force")
+    fail(capsys, tmp_path / "in.zarr", tmp_path / "none" / "out.zarr", "-k", "box:3", match="output directory")
 
 
 def test_zarr_without_adapter(tmp_path, capsys, monkeypatch):

@@ -180,27 +180,43 @@ def test_dtype_tolerance_table():
     assert _planner.dtype_tolerance("int64") == 0.0
 
 
-def test_workspace_over_the_limit_excludes_the_algorithm(rng):
-    spec = spec2d(n=1, c=16, o=16, size=(64, 64))
-    im2col_one = ALGORITHMS["im2col"].workspace_bytes(spec.with_batch(1))
+class FakeExact(FakeTransform):
+    """An exact algorithm whose workspace is ``per_item`` bytes per batch item."""
+
+    exact: ClassVar[bool] = True
+
+    def __init__(self, per_item: int):
+        super().__init__()
+        self.per_item = per_item
+
+    def workspace_bytes(self, spec):
+        return self.per_item * spec.batch
+
+
+def test_workspace_over_the_limit_excludes_the_algorithm(monkeypatch):
+    spec = spec2d(n=2, c=4, o=4, size=(16, 16))
+    output = int(np.prod(spec.full_output_shape)) * spec.itemsize
     direct_one = ALGORITHMS["direct"].workspace_bytes(spec.with_batch(1))
-    output = int(np.prod(spec.full_output_shape)) * spec.itemsize
-    assert direct_one < im2col_one
-    with trueconv.memory_limit(output + (direct_one + im2col_one) // 2):
-        eligible, excluded = _planner.candidates(spec, DataFacts(), trueconv.get_memory_limit())
-        assert "im2col" not in {name for name, _, _ in eligible}
-        assert any(name == "im2col" and "over the memory limit" in why for name, why in excluded)
-        assert choose(spec).algorithm != "im2col"
+    install_fake(monkeypatch, FakeExact(per_item=10 * direct_one + 10**6))
+    limit = output + 2 * direct_one + 10**5
+    eligible, excluded = _planner.candidates(spec, DataFacts(), limit)
+    assert "fake" not in {name for name, _, _ in eligible} and "direct" in {n for n, _, _ in eligible}
+    assert any(name == "fake" and "over the memory limit" in why for name, why in excluded)
+    with trueconv.memory_limit(limit):
+        assert choose(spec).algorithm != "fake"  # although the cost model ranks it first
+        with pytest.raises(MemoryError, match="algorithm='fake' would need"):
+            choose(spec, "fake", fn="conv")
+    with trueconv.memory_limit(output + 100 * direct_one + 10**7):
+        assert choose(spec).algorithm == "fake"
 
 
-def test_batch_is_chunked_to_fit(rng):
-    spec = spec2d(n=8, c=8, o=8, size=(32, 32))
-    per_item = ALGORITHMS["im2col"].workspace_bytes(spec.with_batch(1))
+def test_batch_is_chunked_to_fit(monkeypatch):
+    spec = spec2d(n=8, c=2, o=2, size=(8, 8))
+    install_fake(monkeypatch, FakeExact(per_item=10**6))
     output = int(np.prod(spec.full_output_shape)) * spec.itemsize
-    with trueconv.memory_limit(output + 3 * per_item):
-        plan = choose(spec, "im2col")
-    assert plan.batch_chunk == 3
-    assert plan.workspace_bytes == ALGORITHMS["im2col"].workspace_bytes(spec.with_batch(3))
+    with trueconv.memory_limit(output + 3 * 10**6 + 10):
+        plan = choose(spec, "fake")
+    assert plan.batch_chunk == 3 and plan.workspace_bytes == 3 * 10**6
 
 
 # --- plan() ----------------------------------------------------------------------
@@ -291,7 +307,7 @@ def restore_threads():
     _threads._num_threads = before
 
 
-@pytest.mark.parametrize("bad", [1.5, "2", True, None, np.float64(2)])
+@pytest.mark.parametrize("bad", [1.5, "2", True, np.True_, None, np.float64(2)])
 def test_set_num_threads_rejects_non_integers(bad, restore_threads):
     with pytest.raises(TypeError, match="set_num_threads: n must be a positive integer"):
         trueconv.set_num_threads(bad)

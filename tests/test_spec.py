@@ -65,7 +65,7 @@ def test_transpose_output_size_equals_torch(size, kernel, stride, dilation, pad,
     "size,kernel,stride,dilation,expected",
     [(5, 3, 1, 1, (1, 1)), (5, 4, 1, 1, (1, 2)), (5, 2, 1, 1, (0, 1)), (5, 3, 1, 2, (2, 2)),
      (6, 4, 1, 3, (4, 5)), (7, 3, 2, 1, (1, 1)), (8, 3, 2, 1, (0, 1)), (1, 3, 5, 1, (1, 1)),
-     (9, 1, 4, 1, (0, 0)), (10, 5, 3, 1, (2, 2)), (11, 4, 3, 1, (1, 2))],
+     (9, 1, 4, 1, (0, 0)), (10, 5, 3, 1, (2, 2)), (11, 4, 3, 1, (1, 1)), (13, 4, 5, 1, (0, 1))],
 )
 def test_same_pad_widths_by_hand(size, kernel, stride, dilation, expected) -> None:
     """torch's rule at stride 1 (extra after), TensorFlow's ceil(in / stride) above."""

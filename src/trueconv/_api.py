@@ -266,7 +266,9 @@ def plan(
     --------
     >>> import trueconv
     >>> p = trueconv.plan((8, 64, 56, 56), (64, 64, 3, 3), "float32", padding=1)
-    >>> p.algorithm in ("direct", "im2col", "fft")
+    >>> p.algorithm in trueconv.ALGORITHMS
+    True
+    >>> isinstance(p.reason, str) and p.batch_chunk >= 1
     True
     """
     fn = "plan"

@@ -92,10 +92,13 @@ def set_autotune(enabled: bool) -> None:
     """Switch the measured autotuner on or off for ``algorithm="auto"``.
 
     When on, the first call with a new problem times the eligible algorithms
-    on synthetic data of the same shape (about two seconds at most, per
-    problem) and caches the fastest in the user cache directory; later calls,
-    in this process or another, reuse it. :func:`trueconv.plan` reports
-    ``measured=True`` for such choices.
+    on synthetic data of the same shape (a budget of two seconds per problem,
+    ``TRUECONV_AUTOTUNE_BUDGET`` to change it, plus one full run of each
+    candidate that looks competitive) and caches the fastest in the user cache
+    directory; later calls, in this process or another, reuse it.
+    :func:`trueconv.plan` reports ``measured=True`` for such choices. Choices
+    change numerics only within the dtype's tolerance, and never the NaN/Inf
+    behaviour: data with NaN/Inf is only ever given to exact algorithms.
 
     Parameters
     ----------

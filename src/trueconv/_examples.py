@@ -22,6 +22,9 @@ class SeedExample:
     # and for true convolution where the source shows it.
     expected_correlation: np.ndarray = field(default=None)  # type: ignore[assignment]
     expected_convolution: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # How the source's printout relates to the numbers above, when it is not literally them
+    # (an nn.Conv2d layer adds a random bias the author did not set).
+    source_note: str = ""
 
 
 SEED_EXAMPLES = (
@@ -52,6 +55,8 @@ SEED_EXAMPLES = (
         padding=1,
         expected_correlation=np.array([[13, 20, 17], [18, 24, 18], [-13, -20, -17]], dtype=np.float32),
         expected_convolution=np.array([[-13, -20, -17], [-18, -24, -18], [13, 20, 17]], dtype=np.float32),
+        source_note="the source printed 13.0554, 20.0554, ... and -13.1509, ...: these numbers "
+        "plus the random bias of a fresh nn.Conv2d (0.0554, then -0.1509)",
     ),
     SeedExample(
         title="5x5 binary image, symmetric X kernel (both kinds agree)",
@@ -60,6 +65,8 @@ SEED_EXAMPLES = (
         kernel=np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]]),
         expected_correlation=np.array([[4, 3, 4], [2, 4, 3], [2, 3, 4]]),
         expected_convolution=np.array([[4, 3, 4], [2, 4, 3], [2, 3, 4]]),
+        source_note="the source printed [[3 2 3] [1 3 2] [1 2 3]]: these numbers plus a random "
+        "nn.Conv2d bias in [-1, 0), truncated by .type(torch.int)",
     ),
 )
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 __all__ = ["get_memory_limit", "set_memory_limit", "memory_limit", "total_memory_bytes"]
 
 DEFAULT_FRACTION = 0.5
 _limit_override: int | None = None
+# ``with memory_limit(...)`` is scoped to the current thread (and asyncio task): a
+# tight limit in one thread must not shrink another thread's workspace mid-call.
+_scoped_limit: ContextVar[int | None] = ContextVar("trueconv_memory_limit", default=None)
 
 
 def total_memory_bytes() -> int:
@@ -29,9 +33,13 @@ def total_memory_bytes() -> int:
 def get_memory_limit() -> int:
     """Return the byte limit for one call's output plus workspace.
 
-    Order: :func:`set_memory_limit`, then env ``TRUECONV_MEMORY_LIMIT`` (bytes,
-    or with a ``K``/``M``/``G`` suffix), then half the physical memory.
+    Order: an enclosing ``with memory_limit(...)`` in this thread, then
+    :func:`set_memory_limit` (process-wide), then env ``TRUECONV_MEMORY_LIMIT``
+    (bytes, or with a ``K``/``M``/``G`` suffix), then half the physical memory.
     """
+    scoped = _scoped_limit.get()
+    if scoped is not None:
+        return scoped
     if _limit_override is not None:
         return _limit_override
     env = os.environ.get("TRUECONV_MEMORY_LIMIT")
@@ -52,28 +60,35 @@ def parse_bytes(text: str) -> int:
         raise ValueError(f"memory limit must be bytes or a number with K/M/G/T, got {text!r}") from None
 
 
-def set_memory_limit(limit: int | str | None) -> None:
-    """Set the per-call memory limit in bytes (``None`` restores the default)."""
-    global _limit_override
-    if limit is None:
-        _limit_override = None
-        return
+def _checked_limit(limit: int | str) -> int:
     value = parse_bytes(limit) if isinstance(limit, str) else int(limit)
     if value <= 0:
         raise ValueError(f"memory limit must be positive, got {limit!r}")
-    _limit_override = value
+    return value
+
+
+def set_memory_limit(limit: int | str | None) -> None:
+    """Set the process-wide per-call memory limit in bytes (``None`` restores the default)."""
+    global _limit_override
+    _limit_override = None if limit is None else _checked_limit(limit)
 
 
 @contextmanager
 def memory_limit(limit: int | str) -> Iterator[None]:
-    """Temporarily set the memory limit (handy in tests and notebooks)."""
-    global _limit_override
-    previous = _limit_override
-    set_memory_limit(limit)
+    """Set the memory limit inside a ``with`` block, for the current thread only.
+
+    Examples
+    --------
+    >>> import trueconv
+    >>> with trueconv.memory_limit("64M"):
+    ...     trueconv.get_memory_limit()
+    67108864
+    """
+    token = _scoped_limit.set(_checked_limit(limit))
     try:
         yield
     finally:
-        _limit_override = previous
+        _scoped_limit.reset(token)
 
 
 def format_bytes(count: float) -> str:

@@ -180,6 +180,13 @@ def _direct_is_compiled(spec: ConvSpec) -> bool:
     return bool(compiled(spec)) if callable(compiled) else False
 
 
+def _im2col_is_pointwise(spec: ConvSpec) -> bool:
+    from .algorithms import im2col as im2col_module
+
+    pointwise = getattr(im2col_module, "is_pointwise", None)
+    return bool(pointwise(spec)) if callable(pointwise) else False
+
+
 def cost_features(spec: ConvSpec, name: str) -> list[float]:
     """Counts of work whose weighted sum predicts ``name``'s time on ``spec``.
 
@@ -201,8 +208,9 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view
         return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0, 1.0]
     if name == "im2col":
-        # gather C*K rows of P columns, then one GEMM per (batch, group)
-        return [macs, float(n * g * c * k * p * itemsize), float(n * g), 1.0]
+        # gather C*K rows of P columns (none for a pointwise 1x1), then one GEMM per (batch, group)
+        gathered = 0 if _im2col_is_pointwise(spec) else n * g * c * k * p * itemsize
+        return [macs, float(gathered), float(n * g), 1.0]
     if name == "fft":
         tiles, points = _fft_tiles(spec)
         log = math.log2(max(points, 2))

@@ -76,7 +76,13 @@ def _signal(
         input_shape=x.shape, kernel_shape=kernel.shape,
         stride=(1,) * x.ndim, dilation=(1,) * x.ndim, pad_widths=pads, dtype=compute.name,
     )
-    out, _ = execute(x[np.newaxis, np.newaxis], kernel[np.newaxis, np.newaxis], spec, algorithm, fn)
+    try:
+        out, _ = execute(x[np.newaxis, np.newaxis], kernel[np.newaxis, np.newaxis], spec, algorithm, fn)
+    except ValueError as exc:
+        # The engine speaks of algorithm=...; this caller chose it as SciPy's method=...
+        if algorithm != "auto" and f"algorithm={algorithm!r}" in str(exc):
+            raise ValueError(str(exc).replace(f"algorithm={algorithm!r}", f"method={method!r}")) from None
+        raise
     out = out[0, 0]
     if swapped and kind == "correlation":
         # correlate(b, a) is correlate(a, b) reversed and conjugated (SciPy gh-5897)

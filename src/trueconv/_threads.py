@@ -25,9 +25,13 @@ _blas_limiter: Any = None
 
 
 def _validate(n: object, source: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
-        raise TypeError(f"{source}: n must be a positive integer, got {type(n).__name__} {n!r}")
-    value = operator.index(n)  # type: ignore[arg-type]
+    message = f"{source}: n must be a positive integer, got {type(n).__name__} {n!r}"
+    if isinstance(n, bool) or type(n).__name__ == "bool_":
+        raise TypeError(message)
+    try:
+        value = operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(message) from None
     if value < 1:
         raise ValueError(f"{source}: n must be a positive integer, got {value}")
     return value

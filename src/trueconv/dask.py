@@ -1,45 +1,59 @@
 """trueconv on Dask: convolve arrays larger than memory, and batches across workers.
 
-Two lazy entry points with the same values as the in-memory calls:
+Two lazy entry points whose computed values are those of the in-memory calls:
 
 - :func:`convolve` (SciPy semantics, N-d, ``mode`` 'same'/'valid', boundary
-  fill/wrap/symm): the boundary is applied by one lazy ``np.pad``-exact
-  extension, then ``dask.array.map_overlap`` exchanges *exactly* the halo the
-  kernel needs (asymmetric for even kernels, ``_spec.signal_pad_widths``).
-- :func:`conv` (PyTorch semantics, ``(N, C, *spatial)``): chunked along the batch
-  (no halo) and along spatial axes, where stride and dilation are handled by
-  gathering, per output chunk, exactly the input window that chunk needs.
+  fill/wrap/symm; equals :func:`trueconv.convolve`/:func:`trueconv.correlate`);
+- :func:`conv` (PyTorch semantics, ``(N, C, *spatial)``, stride, dilation,
+  groups, padding modes; equals :func:`trueconv.conv`);
 
-Plus :func:`filter_zarr`, the zarr-to-zarr filter behind ``trueconv filter``.
+plus :func:`filter_zarr`, the zarr-to-zarr filter behind ``trueconv filter``.
 
-Why not dask's own boundary handling: ``map_overlap`` accepts asymmetric depths
-only with ``boundary='none'``, and both ``overlap(boundary='reflect'|'periodic')``
-and ``da.pad(mode='symmetric'|'wrap')`` go wrong once a pad is wider than the
-axis (dask 2026.8: ``da.pad(x, 8, 'symmetric')`` of a 6-element axis differs from
-``np.pad``). Padding here is built from ``np.pad``'s own index map, so any width
-is defined exactly as NumPy and SciPy define it (EDGE_CASES #85). (Dask's
-``'reflect'`` is NumPy's ``'symmetric'`` and ``'periodic'`` is ``'wrap'``; we checked,
-but do not rely on it.)
+How the graph is built (the halo exchange): per axis, output chunk ``[o0, o1)``
+reads the padded input window ``[o0 * stride, (o1 - 1) * stride + effective)``,
+exactly the halo its outputs need: ``(k // 2, (k - 1) // 2)`` around the chunk
+for a SciPy 'same' kernel of length ``k`` (asymmetric for even kernels,
+``_spec.signal_pad_widths``), ``effective_kernel - 1`` split by the padding for
+``conv``. Each output block is one task that receives its own chunk and thin
+halo strips cut from the neighbouring chunks (one small ``getitem`` task each),
+pads the window where it leaves the array, and runs the convolution.
+
+Why not ``dask.array.map_overlap``: it takes asymmetric depths only with
+``boundary='none'``; it cannot express stride > 1; ``overlap(boundary='reflect'|
+'periodic')`` and ``da.pad(mode='symmetric'|'wrap')`` differ from ``np.pad`` once a
+pad is wider than the axis (dask 2026.8: ``da.pad`` of a 6-element axis by 8,
+mode 'symmetric'); and a lazy pad plus map_overlap's layers made 2.4 times as
+many tasks for the test suite's cases (4774 against 1984), which is what a
+distributed scheduler pays for. (Dask's 'reflect' is NumPy's 'symmetric' and
+'periodic' is 'wrap'; we checked, but need neither.) Padding follows the index
+map of ``np.pad`` itself, so pads of any width, folded as often as needed, mean
+exactly what NumPy and SciPy say (EDGE_CASES #85).
 
 One algorithm per graph: ``algorithm="auto"`` is resolved once, by the planner,
-for the largest block, and every block runs it. The single exception mirrors the
-in-memory ``auto``: a block containing NaN/Inf never goes through a transform
-(FFT/Winograd would smear the NaN over the block), it runs the planner's exact choice.
+for the largest block, and every block runs it. The one exception mirrors the
+in-memory ``auto``: a block holding NaN/Inf never runs a transform algorithm
+(FFT/Winograd would smear the NaN over the block); it runs the planner's exact
+choice instead.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import os
 import shutil
 import sys
 import uuid
 from contextlib import nullcontext
-from dataclasses import replace
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from ._api import conv_with_plan, flip_spatial
 from ._dtypes import as_array, cast_result, check_supported_dtype, compute_dtype, result_dtype
@@ -74,45 +88,143 @@ _NUMPY_PAD_MODE = {
 
 
 # --------------------------------------------------------------------------
-# Lazy padding and chunk arithmetic
+# Windows: which input chunks an output block reads, and how to cut its window
 # --------------------------------------------------------------------------
-def _as_dask(value: object, name: str, fn: str) -> da.Array:
-    """Return ``value`` as a dask array of a supported dtype (an ndarray becomes one chunk)."""
-    if value is None:
-        raise TypeError(f"{fn}: {name} must be a dask array or an array-like of numbers, got None")
-    array = value if isinstance(value, da.Array) else da.asarray(value)
-    check_supported_dtype(array.dtype, name, fn)
-    return array
+@dataclass(frozen=True)
+class _AxisWindow:
+    """One output block's window along one axis.
+
+    ``pieces``: ``(chunk_id, start, stop, whole)`` for each input chunk the
+    window touches, ``[start, stop)`` being the part of that chunk it reads;
+    ``index``: a slice or an index array into the concatenation of those parts;
+    ``outside``: a mask of the positions in a constant pad (None if none).
+    """
+
+    pieces: tuple[tuple[int, int, int, bool], ...]
+    index: slice | np.ndarray
+    outside: np.ndarray | None
 
 
-def _pad_axis(x: da.Array, axis: int, before: int, after: int, mode: str, fill: object) -> da.Array:
-    """Pad one axis lazily, exactly as ``np.pad`` would (any width, any number of folds)."""
-    if before == 0 and after == 0:
-        return x
-    pieces = []
-    if mode == "constant":
-        for width in (before, after):
-            shape = x.shape[:axis] + (width,) + x.shape[axis + 1:]
-            chunks = x.chunks[:axis] + ((width,),) + x.chunks[axis + 1:]
-            pieces.append(da.full(shape, fill, dtype=x.dtype, chunks=chunks))
-    else:
-        # np.pad's own answer to "which source index lands at padded position i".
-        source = np.pad(np.arange(x.shape[axis]), (before, after), mode=mode)
-        lead = (slice(None),) * axis
-        pieces = [x[lead + (source[:before],)], x[lead + (source[before + x.shape[axis]:],)]]
-    left, right = pieces
-    return da.concatenate([p for p in (left, x, right) if p.shape[axis]], axis=axis)
+@dataclass(frozen=True)
+class _BlockWindow:
+    """Everything one task needs besides its input pieces (opaque to dask's graph parser)."""
+
+    grid: tuple[int, ...]
+    axes: tuple[_AxisWindow, ...]
+    dtype: np.dtype | None
+    fill: object
 
 
-def _pad_lazy(
-    x: da.Array, pad_widths: Sequence[tuple[int, int]], mode: str, fill: object = 0
-) -> da.Array:
-    """Pad the trailing ``len(pad_widths)`` axes, axis by axis as ``np.pad`` does (corners included)."""
+def _padded_source(size: int, pad: tuple[int, int], mode: str) -> np.ndarray:
+    """Source index of every position of the padded axis, ``-1`` in a constant pad (``np.pad``'s map)."""
     np_mode = _NUMPY_PAD_MODE[mode]
-    first = x.ndim - len(pad_widths)
-    for offset, (before, after) in enumerate(pad_widths):
-        x = _pad_axis(x, first + offset, before, after, np_mode, fill)
-    return x
+    if np_mode == "constant":
+        return np.pad(np.arange(size), pad, mode="constant", constant_values=-1)
+    return np.pad(np.arange(size), pad, mode=np_mode)
+
+
+def _axis_windows(
+    chunks: Sequence[int], source: np.ndarray, ranges: Sequence[tuple[int, int]]
+) -> list[_AxisWindow]:
+    """Describe, for each padded range ``[lo, hi)``, the chunk parts it reads and how to index them."""
+    bounds = np.cumsum((0, *chunks), dtype=np.int64)
+    windows = []
+    for lo, hi in ranges:
+        src = source[lo:hi]
+        inside = src >= 0
+        real = np.where(inside, src, 0)
+        owner = np.searchsorted(bounds, real, side="right") - 1
+        ids = np.unique(owner[inside])
+        if ids.size == 0:  # a window entirely in a constant pad still reads one (any) element
+            ids, first, last = np.array([0]), np.array([0]), np.array([min(1, chunks[0])])
+        else:
+            first = np.array([real[inside & (owner == i)].min() for i in ids]) - bounds[ids]
+            last = np.array([real[inside & (owner == i)].max() for i in ids]) + 1 - bounds[ids]
+        offsets = np.concatenate(([0], np.cumsum(last - first)[:-1]))
+        slot = np.clip(np.searchsorted(ids, owner), 0, ids.size - 1)
+        local = np.where(inside, offsets[slot] + real - bounds[ids[slot]] - first[slot], 0)
+        if inside.all() and (local.size == 0 or np.array_equal(local, np.arange(local[0], local[0] + local.size))):
+            start = int(local[0]) if local.size else 0
+            index: slice | np.ndarray = slice(start, start + local.size)
+        else:
+            index = local.astype(np.intp)
+        pieces = tuple(
+            (int(i), int(a), int(b), bool(a == 0 and b == bounds[i + 1] - bounds[i]))
+            for i, a, b in zip(ids, first, last)
+        )
+        windows.append(_AxisWindow(pieces, index, None if inside.all() else ~inside))
+    return windows
+
+
+def _assemble(pieces: Sequence[np.ndarray], grid: tuple[int, ...]) -> np.ndarray:
+    """Place a C-ordered grid of chunk parts side by side in one array (np.block, one allocation)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    ndim = len(grid)
+    strides = [int(np.prod(grid[axis + 1:])) for axis in range(ndim)]
+    edges = []
+    for axis in range(ndim):
+        sizes = [pieces[i * strides[axis]].shape[axis] for i in range(grid[axis])]
+        edges.append(np.cumsum((0, *sizes)))
+    out = np.empty(tuple(int(e[-1]) for e in edges), dtype=pieces[0].dtype)
+    for flat, position in enumerate(itertools.product(*(range(g) for g in grid))):
+        where = tuple(slice(int(e[p]), int(e[p + 1])) for e, p in zip(edges, position))
+        out[where] = pieces[flat]
+    return out
+
+
+def _run_window(func: Callable[[np.ndarray], np.ndarray], pieces: list[np.ndarray],
+                window: _BlockWindow) -> np.ndarray:
+    """The task of one output block: cut its (padded) window out of its pieces, then ``func``."""
+    slab = _assemble(pieces, window.grid)
+    if window.dtype is not None:
+        slab = slab.astype(window.dtype, copy=False)
+    for axis, axis_window in enumerate(window.axes):
+        index = axis_window.index
+        if not (isinstance(index, slice) and index == slice(0, slab.shape[axis])):
+            slab = slab[(slice(None),) * axis + (index,)]
+        if axis_window.outside is not None:
+            # a fancy index just made a private copy, so the input chunks stay untouched
+            slab[(slice(None),) * axis + (axis_window.outside,)] = window.fill
+    return func(slab)
+
+
+def _windowed_map(
+    x: da.Array,
+    windows: Sequence[Sequence[_AxisWindow]],
+    out_chunks: Sequence[Sequence[int]],
+    func: Callable[[np.ndarray], np.ndarray],
+    dtype: np.dtype,
+    name: str,
+    cast: np.dtype | None = None,
+    fill: object = 0,
+) -> da.Array:
+    """Build the lazy result: one task per output block, reading only what its window needs.
+
+    A chunk the window reads whole is passed as is; of the others, a small
+    ``getitem`` task cuts out the strip the window reads, so a worker holds and
+    receives halo strips, not whole neighbouring chunks (what keeps memory flat
+    for data larger than memory).
+    """
+    layer: dict[tuple, tuple] = {}
+    strip = "strip-" + name
+    for block in itertools.product(*(range(len(w)) for w in windows)):
+        axes = tuple(windows[axis][b] for axis, b in enumerate(block))
+        keys = []
+        for parts in itertools.product(*(a.pieces for a in axes)):
+            chunk = (x.name, *(p[0] for p in parts))
+            if all(p[3] for p in parts):
+                keys.append(chunk)
+                continue
+            key = (strip, *(v for p in parts for v in p[:3]))
+            if key not in layer:
+                layer[key] = (operator.getitem, chunk, tuple(slice(p[1], p[2]) for p in parts))
+            keys.append(key)
+        window = _BlockWindow(tuple(len(a.pieces) for a in axes), axes, cast, fill)
+        layer[(name, *block)] = (_run_window, func, keys, window)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
+    return da.Array(graph, name, chunks=tuple(map(tuple, out_chunks)),
+                    meta=np.empty((0,) * x.ndim, dtype=dtype))
 
 
 def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
@@ -130,6 +242,64 @@ def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
     return tuple(merged) if merged else (0,)
 
 
+def _output_chunks(
+    in_chunks: Sequence[int], pad_before: int, centre: int, effective: int, stride: int,
+    out_size: int,
+) -> tuple[int, ...]:
+    """Split ``out_size`` outputs so that each output chunk sits over one input chunk.
+
+    Output ``o`` reads padded input ``[o * stride, o * stride + effective)``; it
+    goes to the input chunk holding the window's ``centre`` (so stride-1 'same'
+    output chunks equal the input chunks). Output chunks with fewer than
+    ``ceil((effective // 2) / stride)`` outputs are merged with a neighbour, which
+    keeps the halo a chunk re-reads no larger than the chunk itself (EDGE_CASES #84).
+    """
+    bounds = [0]
+    for boundary in np.cumsum(in_chunks[:-1], dtype=np.int64).tolist():
+        o = -(-(boundary + pad_before - centre) // stride)
+        if bounds[-1] < o < out_size:
+            bounds.append(o)
+    bounds.append(out_size)
+    chunks = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return _merge_small_chunks(chunks, -(-(effective // 2) // stride))
+
+
+def _plan_axis(
+    chunks: Sequence[int], size: int, pad: tuple[int, int], mode: str, centre: int,
+    effective: int, stride: int, out_size: int,
+) -> tuple[tuple[int, ...], list[_AxisWindow], int]:
+    """Output chunks, per-chunk windows and the largest window along one spatial axis."""
+    sizes = _output_chunks(chunks, pad[0], centre, effective, stride, out_size)
+    starts = np.cumsum((0, *sizes[:-1]), dtype=np.int64).tolist()
+    # output chunk [o0, o0 + n) reads padded input [o0 * stride, (o0 + n - 1) * stride + effective)
+    ranges = [(o0 * stride, (o0 + n - 1) * stride + effective) for o0, n in zip(starts, sizes)]
+    windows = _axis_windows(chunks, _padded_source(size, pad, mode), ranges)
+    return sizes, windows, max(hi - lo for lo, hi in ranges)
+
+
+def _whole_axis(chunks: Sequence[int]) -> list[_AxisWindow]:
+    """One window spanning every chunk of an axis (the channel axis of ``conv``)."""
+    return _axis_windows(chunks, np.arange(sum(chunks)), [(0, sum(chunks))])
+
+
+def _chunk_axis(chunks: Sequence[int]) -> list[_AxisWindow]:
+    """One window per chunk, no halo (the batch axis of ``conv``)."""
+    bounds = np.cumsum((0, *chunks)).tolist()
+    return _axis_windows(chunks, np.arange(sum(chunks)), list(zip(bounds[:-1], bounds[1:])))
+
+
+# --------------------------------------------------------------------------
+# Algorithm pinning
+# --------------------------------------------------------------------------
+def _as_dask(value: object, name: str, fn: str) -> da.Array:
+    """Return ``value`` as a dask array of a supported dtype (an ndarray becomes one chunk)."""
+    if value is None:
+        raise TypeError(f"{fn}: {name} must be a dask array or an array-like of numbers, got None")
+    array = value if isinstance(value, da.Array) else da.asarray(value)
+    check_supported_dtype(array.dtype, name, fn)
+    return array
+
+
 def _pinned_algorithm(spec: ConvSpec, algorithm: str, fn: str) -> str:
     """Resolve ``algorithm`` once per graph from the spec of the largest block."""
     if algorithm != "auto":
@@ -142,23 +312,23 @@ def _pinned_algorithm(spec: ConvSpec, algorithm: str, fn: str) -> str:
 
 
 def _block_algorithm(algorithm: str, fallback: bool, *arrays: np.ndarray) -> str:
-    """The pinned algorithm, unless an ``auto`` graph meets NaN/Inf a transform would smear."""
+    """The pinned algorithm, unless an ``auto`` graph meets NaN/Inf that a transform would smear."""
     if not fallback or ALGORITHMS[algorithm].exact:
         return algorithm
     if all(a.dtype.kind in "iu" or np.isfinite(a).all() for a in arrays):
         return algorithm
-    return "auto"  # the planner, given the facts, picks an exact algorithm as in memory
+    return "auto"  # given the facts, the planner picks an exact algorithm, as in memory
 
 
 # --------------------------------------------------------------------------
-# convolve / correlate: SciPy semantics, halo exchange by map_overlap
+# convolve / correlate: SciPy semantics
 # --------------------------------------------------------------------------
 def _correlate_block(
-    block: np.ndarray, kernel: np.ndarray, algorithm: str, fallback: bool, result: np.dtype
+    window: np.ndarray, *, kernel: np.ndarray, algorithm: str, fallback: bool, result: np.dtype
 ) -> np.ndarray:
-    """'valid' cross-correlation of one halo-extended block with the canonical kernel."""
-    name = _block_algorithm(algorithm, fallback, block, kernel)
-    out, _ = conv_with_plan(block[np.newaxis, np.newaxis], kernel[np.newaxis, np.newaxis],
+    """'valid' cross-correlation of one padded window with the canonical kernel."""
+    name = _block_algorithm(algorithm, fallback, window, kernel)
+    out, _ = conv_with_plan(window[np.newaxis, np.newaxis], kernel[np.newaxis, np.newaxis],
                             algorithm=name, fn="trueconv.dask.convolve")
     return cast_result(out[0, 0], result, "trueconv.dask.convolve")
 
@@ -179,7 +349,7 @@ def convolve(
     :func:`trueconv.convolve` (``kind="convolution"``) or :func:`trueconv.correlate`
     (``kind="correlation"``), including SciPy's centring of 'same' for even
     kernels in every dimension and the conjugation of a complex kernel in
-    correlation; with ``boundary`` 'wrap'/'symm' or a non-zero ``fillvalue`` the
+    correlation. With ``boundary`` 'wrap'/'symm' or a non-zero ``fillvalue``, the
     input is first extended as ``scipy.signal.convolve2d`` extends it.
 
     Parameters
@@ -189,7 +359,7 @@ def convolve(
     kernel : array_like
         Same number of dimensions as ``a``; held in memory and sent to every task.
     mode : {"same", "valid"}
-        ``same``: the shape and chunks of ``a``. ``valid``: ``a.shape - kernel.shape + 1``;
+        ``same``: the shape of ``a``. ``valid``: ``a.shape - kernel.shape + 1``;
         the kernel may not be larger than ``a`` on any axis.
     boundary : {"fill", "wrap", "symm"}
         How values outside ``a`` are defined for 'same': ``fillvalue``, periodic,
@@ -199,6 +369,8 @@ def convolve(
         The outside value for ``boundary="fill"``.
     kind : {"convolution", "correlation"}
         Flip the kernel (convolution) or conjugate it (SciPy's ``correlate``).
+        For even kernels, 'same' correlation is centred as ``scipy.signal.correlate``
+        does, one sample off ``scipy.signal.correlate2d``.
     algorithm : {"auto", "direct", "im2col", "fft", ...}
         Resolved once for the whole graph (``auto``: the planner's choice for the
         largest block; a block holding NaN/Inf then runs an exact algorithm).
@@ -207,14 +379,16 @@ def convolve(
     -------
     dask.array.Array
         Lazy, dtype ``np.result_type(a, kernel)``. For 'same' its chunks are those
-        of ``a``, except that chunks smaller than the halo are merged with a
-        neighbour first (and an axis shorter than the halo becomes one chunk).
+        of ``a``, except that chunks shorter than half the kernel are merged with
+        a neighbour; for 'valid' the edge chunks lose the halo.
 
     Raises
     ------
     ValueError
-        For an unknown ``mode``/``boundary``/``kind``, dimensionality mismatch,
-        empty inputs, or a 'valid' kernel larger than ``a``.
+        For an unknown ``mode``/``boundary``/``kind``/``algorithm``, dimensionality
+        mismatch, empty inputs, or a 'valid' kernel larger than ``a``.
+    TypeError
+        For unsupported dtypes (bool, object).
 
     See Also
     --------
@@ -223,10 +397,10 @@ def convolve(
 
     Notes
     -----
-    Per axis with kernel length ``k``, each block receives ``(k // 2, k - 1 - k // 2)``
-    neighbouring samples before and after it; nothing more is exchanged. The
-    boundary extension is one lazy ``np.pad``-exact step (dask's own boundary
-    modes are limited to one fold and to symmetric depths).
+    Along an axis with kernel length ``k`` each output chunk reads its input chunk
+    plus ``k // 2`` samples before and ``(k - 1) // 2`` after it, nothing more;
+    near the edges those samples come from the boundary rule. One task per output
+    chunk does the cutting, padding and computing.
 
     Examples
     --------
@@ -266,82 +440,39 @@ def convolve(
     kernel = flip_spatial(kernel, kernel.ndim) if kind == "convolution" else np.conj(kernel)
     kernel = np.ascontiguousarray(kernel)
 
-    pads, depth, padded_chunks, out_chunks = [], {}, [], []
-    for axis, (size, chunks, k) in enumerate(zip(a.shape, a.chunks, kernel.shape)):
-        halo = signal_pad_widths(k, "same")  # the exact (before, after) window around a sample
+    out_chunks, windows, largest = [], [], []
+    for size, chunks, k in zip(a.shape, a.chunks, kernel.shape):
         pad = signal_pad_widths(k, mode)  # (0, 0) for 'valid'
-        merged = _merge_small_chunks(chunks, max(halo) + (mode == "valid"))
-        pads.append(pad)
-        if len(merged) == 1:  # the whole axis is one block: nothing to exchange
-            depth[axis] = 0
-            padded_chunks.append((size + sum(pad),))
-            out_chunks.append((size + sum(pad) - k + 1,))
-            continue
-        # Edge blocks absorb the boundary pad, so that with boundary='none' every
-        # block (edges included) is extended by the same halo and output chunk i
-        # is exactly input chunk i ('same'), or trimmed by the halo at the edges ('valid').
-        depth[axis] = halo
-        padded_chunks.append((merged[0] + pad[0], *merged[1:-1], merged[-1] + pad[1]))
-        trim = (0, 0) if mode == "same" else halo
-        out_chunks.append((merged[0] - trim[0], *merged[1:-1], merged[-1] - trim[1]))
+        out_size = size + sum(pad) - k + 1
+        # SciPy's centre of a length-k window is its element k // 2 (signal_pad_widths)
+        sizes, axis_windows, widest = _plan_axis(chunks, size, pad, boundary, k // 2, k, 1, out_size)
+        out_chunks.append(sizes)
+        windows.append(axis_windows)
+        largest.append(widest)
 
-    extended = _pad_lazy(a.astype(compute), pads, boundary, fill).rechunk(tuple(padded_chunks))
-    largest = tuple(max(c) + sum(d if isinstance(d, tuple) else (d, d))
-                    for c, d in zip(padded_chunks, depth.values()))
     block_spec = ConvSpec(
-        batch=1, in_channels=1, out_channels=1, groups=1, input_shape=largest,
+        batch=1, in_channels=1, out_channels=1, groups=1, input_shape=tuple(largest),
         kernel_shape=kernel.shape, stride=(1,) * a.ndim, dilation=(1,) * a.ndim,
         pad_widths=((0, 0),) * a.ndim, dtype=compute.name,
     )
     pinned = _pinned_algorithm(block_spec, algorithm, fn)
-    return da.map_overlap(
-        _correlate_block, extended, depth=depth, boundary="none", trim=False,
-        chunks=tuple(out_chunks), dtype=result, meta=np.empty((0,) * a.ndim, dtype=result),
-        kernel=kernel, algorithm=pinned, fallback=algorithm == "auto", result=result,
-    )
+    func = functools.partial(_correlate_block, kernel=kernel, algorithm=pinned,
+                             fallback=algorithm == "auto", result=result)
+    name = "trueconv-convolve-" + tokenize(a.name, kernel, mode, boundary, fill, kind, pinned)
+    # the window is cast to the compute dtype before the fill goes in, as in memory
+    return _windowed_map(a, windows, out_chunks, func, result, name, cast=compute, fill=fill)
 
 
 # --------------------------------------------------------------------------
 # conv: deep-learning semantics, strided and dilated windows across chunk borders
 # --------------------------------------------------------------------------
-def _output_chunks(
-    in_chunks: Sequence[int], pad_before: int, kernel: int, stride: int, dilation: int, out_size: int
-) -> tuple[int, ...]:
-    """Split ``out_size`` outputs so that each output chunk sits over one input chunk.
-
-    Output ``o`` reads padded input ``[o * stride, o * stride + effective)``; it
-    is assigned to the input chunk that holds its window's centre, so stride-1
-    'same' output chunks equal the input chunks. Chunks shorter than the halo
-    over the stride are merged, keeping the re-read halo below the chunk itself.
-    """
-    effective = effective_kernel_size(kernel, dilation)
-    centre = (effective - 1) // 2
-    bounds = [0]
-    for boundary in np.cumsum(in_chunks[:-1], dtype=np.int64).tolist():
-        o = -(-(boundary + pad_before - centre) // stride)
-        if bounds[-1] < o < out_size:
-            bounds.append(o)
-    bounds.append(out_size)
-    chunks = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return _merge_small_chunks(chunks, -(-(effective - 1) // stride))
-
-
-def _gather_windows(x: da.Array, axis: int, ranges: Sequence[tuple[int, int]]) -> da.Array:
-    """Return ``x`` re-blocked along ``axis``: block ``i`` is ``x[ranges[i]]`` (halos duplicated)."""
-    if len(ranges) == 1 and ranges[0] == (0, x.shape[axis]):
-        return x.rechunk({axis: -1})
-    lead = (slice(None),) * axis
-    pieces = [x[lead + (slice(lo, hi),)] for lo, hi in ranges]
-    return da.concatenate(pieces, axis=axis).rechunk({axis: tuple(hi - lo for lo, hi in ranges)})
-
-
 def _conv_block(
-    slab: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, ...],
+    window: np.ndarray, *, weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, ...],
     dilation: tuple[int, ...], groups: int, kind: str, algorithm: str, fallback: bool,
 ) -> np.ndarray:
-    """Unpadded conv of one gathered input window; its output is exactly one output block."""
-    name = _block_algorithm(algorithm, fallback, slab, weight)
-    out, _ = conv_with_plan(slab, weight, bias, stride, 0, dilation, groups, kind=kind,
+    """Unpadded conv of one padded input window; its output is exactly one output block."""
+    name = _block_algorithm(algorithm, fallback, window, weight)
+    out, _ = conv_with_plan(window, weight, bias, stride, 0, dilation, groups, kind=kind,
                             algorithm=name, fn="trueconv.dask.conv")
     return out
 
@@ -364,9 +495,8 @@ def conv(
     The batch axis is split as ``x`` is chunked (no halo). Spatial axes may be
     chunked too: every output chunk receives exactly the padded input window its
     strided, dilated outputs read, so results across chunk borders are those of
-    the whole array. The channel axis is gathered into one chunk (any channel
-    chunking of ``x`` works). Parameters, semantics, dtypes and errors are those
-    of :func:`trueconv.conv`.
+    the whole array. Each task reads all channels (any channel chunking of ``x``
+    works). Parameters, semantics, dtypes and errors are those of :func:`trueconv.conv`.
 
     Parameters
     ----------
@@ -383,13 +513,21 @@ def conv(
     dask.array.Array
         Lazy, shape ``(N, C_out, *out)`` as :func:`trueconv.conv`; chunked like
         ``x`` along the batch, one chunk along channels, and along each spatial
-        axis one output chunk per input chunk (chunks shorter than
-        ``ceil((effective_kernel - 1) / stride)`` merged).
+        axis one output chunk per input chunk (output chunks shorter than
+        ``ceil((effective_kernel // 2) / stride)`` merged with a neighbour).
 
     See Also
     --------
     trueconv.conv : the in-memory call.
     convolve : SciPy-style signal convolution of dask arrays.
+
+    Notes
+    -----
+    Along a spatial axis, output chunk ``[o0, o1)`` reads the padded input
+    ``[o0 * stride, (o1 - 1) * stride + dilation * (k - 1) + 1)``: its chunk plus
+    the ``effective_kernel - 1`` halo, split by where the padding puts it. Padded
+    positions are made inside the task that needs them (``padding_mode`` as in
+    :func:`trueconv.conv`).
 
     Examples
     --------
@@ -416,40 +554,35 @@ def conv(
         x.shape, weight.shape, None if bias is None else bias.shape,
         stride, padding, dilation, groups, padding_mode, kind, fn, compute_dtype(result),
     )
-    # All padding, zero or not, is applied lazily up front; blocks then run unpadded.
+    # All padding, zero or not, is made inside the tasks; blocks then run unpadded.
     pads = mode_pads if padding_mode != "zeros" else spec.pad_widths
-    x = x if batched else x[np.newaxis]
-    x = x.rechunk({1: -1})  # every output channel needs its whole group of input channels
-
-    out_chunks, ranges = [], []
+    lead = 2 if batched else 1
+    out_chunks: list[tuple[int, ...]] = [(spec.out_channels,)]
+    windows = [_whole_axis(x.chunks[lead - 1])]
+    if batched:
+        out_chunks.insert(0, x.chunks[0])
+        windows.insert(0, _chunk_axis(x.chunks[0]))
+    largest = []
     for axis in range(spec.spatial_ndim):
-        chunks = x.chunks[2 + axis]
-        k, s, d = spec.kernel_shape[axis], spec.stride[axis], spec.dilation[axis]
-        effective = effective_kernel_size(k, d)
-        sizes = _output_chunks(chunks, pads[axis][0], k, s, d, spec.output_shape[axis])
-        starts = np.cumsum((0, *sizes[:-1]), dtype=np.int64).tolist()
+        effective = spec.effective_kernel_shape[axis]
+        sizes, axis_windows, widest = _plan_axis(
+            x.chunks[lead + axis], x.shape[lead + axis], pads[axis], padding_mode,
+            (effective - 1) // 2, effective, spec.stride[axis], spec.output_shape[axis],
+        )
         out_chunks.append(sizes)
-        # output chunk [o0, o0 + n) reads padded input [o0 * s, (o0 + n - 1) * s + effective)
-        ranges.append([(o0 * s, (o0 + n - 1) * s + effective) for o0, n in zip(starts, sizes)])
+        windows.append(axis_windows)
+        largest.append(widest)
 
-    windows = _pad_lazy(x, pads, padding_mode)
-    for axis, axis_ranges in enumerate(ranges):
-        windows = _gather_windows(windows, 2 + axis, axis_ranges)
-
-    block_spec = replace(
-        spec, batch=max(x.chunks[0]) if x.shape[0] else 0,
-        input_shape=tuple(max(hi - lo for lo, hi in r) for r in ranges),
-        pad_widths=((0, 0),) * spec.spatial_ndim,
-    )
+    block_batch = (max(x.chunks[0]) if x.shape[0] else 0) if batched else 1
+    block_spec = replace(spec, batch=block_batch, input_shape=tuple(largest),
+                         pad_widths=((0, 0),) * spec.spatial_ndim)
     pinned = _pinned_algorithm(block_spec, algorithm, fn)
-    out = da.map_blocks(
-        _conv_block, windows,
-        chunks=(x.chunks[0], (spec.out_channels,), *out_chunks),
-        dtype=result, meta=np.empty((0,) * x.ndim, dtype=result),
-        weight=weight, bias=bias, stride=spec.stride, dilation=spec.dilation,
+    func = functools.partial(
+        _conv_block, weight=weight, bias=bias, stride=spec.stride, dilation=spec.dilation,
         groups=spec.groups, kind=kind, algorithm=pinned, fallback=algorithm == "auto",
     )
-    return out if batched else out[0]
+    name = "trueconv-conv-" + tokenize(x.name, weight, bias, spec, pads, padding_mode, kind, pinned)
+    return _windowed_map(x, windows, out_chunks, func, result, name)
 
 
 # --------------------------------------------------------------------------
@@ -518,6 +651,7 @@ def filter_zarr(
     ((6, 6), (4, 4))
     >>> bool(np.allclose(out[:], trueconv.convolve2d(src[:], np.ones((3, 3)) / 9, "same", "symm")))
     True
+    >>> import shutil; shutil.rmtree(d)
     """
     import zarr
 

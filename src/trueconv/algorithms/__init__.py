@@ -10,9 +10,10 @@ from ._base import Algorithm
 from .direct import Direct
 from .fft import FFT
 from .im2col import Im2col
+from .winograd import Winograd
 
 ALGORITHMS: dict[str, Algorithm] = {
-    algorithm.name: algorithm for algorithm in (Direct(), Im2col(), FFT())
+    algorithm.name: algorithm for algorithm in (Direct(), Im2col(), FFT(), Winograd())
 }
 
 __all__ = ["ALGORITHMS", "Algorithm"]

@@ -7,9 +7,9 @@ split by the engine gives bitwise the same result):
 * **Compiled row stencil** (``_kernels_numba.py``, Numba): for int64, float32
   and float64 with 1 to 3 spatial dims, when channels per group are few
   (depthwise, single-image filtering, RGB input) or the dtype is integer
-  (NumPy's integer matmul has no BLAS). Each output row segment stays in L1
-  while every tap adds ``w * x_row`` to it in a vectorized loop; zero padding
-  is not materialized.
+  (NumPy's integer matmul has no BLAS). Each output tile stays in L1/L2
+  while every tap adds ``w * window`` to it in a vectorized loop; zero padding
+  is materialized per tile only, never for the whole input.
 * **GEMM per tap** (the fallback and the many-channel path): for each tap the
   strided input view it touches is multiplied by that tap's ``(O, C)`` weight
   slice and added to the output ("shift and accumulate"). It needs no
@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from .._spec import ConvSpec
+from .._threads import get_num_threads
 from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_view, zero_pad
 
 __all__ = ["Direct", "uses_compiled_kernel", "COMPILED_DTYPES", "COMPILED_MAX_CHANNELS"]
@@ -84,11 +85,13 @@ class Direct:
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
         if uses_compiled_kernel(spec):
-            # contiguous copies of x and weight when given views; no padded copy
-            # (a padded one only when the weight holds NaN/Inf, see run)
-            padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
-            return (padded + spec.out_channels * spec.in_channels_per_group * spec.kernel_size) \
-                * spec.itemsize
+            # contiguous copies of x and weight (when given views) and one tile's
+            # accumulator and zero-padded window per thread; never a padded input
+            scratch = _numba_kernels().scratch_elements(
+                spec.kernel_shape, spec.stride, spec.dilation, spec.output_shape)
+            return (spec.batch * spec.in_channels * math.prod(spec.input_shape)
+                    + spec.out_channels * spec.in_channels_per_group * spec.kernel_size
+                    + get_num_threads() * scratch) * spec.itemsize
         padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
         one_tap = spec.batch * spec.in_channels * output_positions(spec)
         return (padded + 2 * one_tap) * spec.itemsize
@@ -100,14 +103,9 @@ class Direct:
 
 
 def _run_compiled(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    kernels = _numba_kernels()
     pads = tuple(before for before, _ in spec.pad_widths)
-    if any(lo or hi for lo, hi in spec.pad_widths) and not np.isfinite(weight).all():
-        # 0 * inf = NaN: a direct sum over a zero-padded input puts NaN wherever a
-        # non-finite tap meets padding, which skipping the padded taps would not.
-        x, pads = zero_pad(x, spec), (0,) * spec.spatial_ndim
-    return kernels.correlate(x, weight, spec.out_channels_per_group, spec.stride, spec.dilation,
-                             pads, spec.output_shape)
+    return _numba_kernels().correlate(x, weight, spec.out_channels_per_group, spec.stride,
+                                      spec.dilation, pads, spec.output_shape)
 
 
 def _run_gemm_per_tap(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:

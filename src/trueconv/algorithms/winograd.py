@@ -2,48 +2,54 @@
 
 Lavin & Gray, *Fast Algorithms for Convolutional Neural Networks*, CVPR 2016
 (arXiv:1509.09308). An output tile of ``m`` samples per axis is computed from an
-input tile of ``alpha = m + 2`` samples as
+input tile of ``alpha = m + 2`` samples as ::
 
-    Y = A^T [ (G g G^T) * (B^T d B) ] A          (2-D; separable in every axis)
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (2-D; the same on every axis)
 
 so the ``m**d * 3**d`` multiplies of a tile become ``alpha**d`` per (input,
-output) channel pair. Summing over input channels happens in the transform
-domain, as one matrix product per transform point ``t``::
+output) channel pair: 2.25x fewer for F(2x2, 3x3), 4x fewer for F(4x4, 3x3).
+The sum over input channels happens in the transform domain, as one matrix
+product per transform point ``t`` (this is where the time goes, in BLAS)::
 
-    M[t] = U[t] @ V[t]       (T, O, C) @ (T, C, tiles) -> (T, O, tiles)
+    M[t] = V[t] @ U[t]       (T, tiles, C) @ (T, C, O) -> (T, tiles, O)   per group
 
-which is where the time goes (BLAS). The input transform ``V = B^T d B`` and
-the output transform ``A^T M A`` are compiled Numba loops that apply the
-separable 1-D transforms axis by axis, skip the zero coefficients, and write
-straight into the GEMM layout and into the (cropped) output. Ragged borders are
-handled by padding the input so that every axis holds a whole number of tiles
-and cropping the last tile row.
+The input transform ``V = B^T d B`` and the output transform ``A^T M A`` are
+compiled (Numba) loops. They apply the 1-D transforms axis by axis, skip zero
+coefficients, and run their inner loops over the contiguous channel axis (the
+input is gathered channels-last one block at a time, in cache). The work is cut
+into blocks of tiles (whole images, bands of tile rows or pieces of a row, see
+:func:`tile_blocks`); worker threads take whole blocks (transform in, GEMM,
+transform out) with one BLAS thread each, so the workspace is a few blocks
+whatever the image size. Ragged borders: tiles past the output's end read
+implicit zeros and their extra outputs are dropped.
 
-Transforms (generated exactly by Toom-Cook interpolation with rational
-arithmetic; see ``tests/test_algorithms.py::test_winograd_matrices_exact``):
+Transforms, generated exactly by Toom-Cook interpolation (checked in rational
+arithmetic by ``tests/test_algorithms.py::test_winograd_matrices_exact``):
 
-* F(2, 3): points 0, +1, -1, infinity (Lavin & Gray eq. 7).
-* F(4, 3): points 0, +1, -1, +2, -2, infinity (Lavin & Gray section 4.2).
+* F(2, 3): points 0, +1, -1 and infinity (Lavin & Gray eq. 7).
+* F(4, 3): points 0, +1, -1, +2, -2 and infinity (Lavin & Gray section 4.2).
 
-Accuracy (measured on this machine with ``python -m trueconv.algorithms.winograd``:
-N(0, 1) data, ``max|y - ref| / max|ref|`` against a float64 direct reference,
-batch 2, 16x16 (2-D), 256 (1-D), 8x8x8 (3-D)):
+Accuracy, measured on this machine (``_measure_errors``): N(0, 1) data,
+``max|y - ref| / max|ref|`` against a float64 direct sum, batch 2, 8 output
+channels, 1024 samples (1-D), 32x32 (2-D), 10x10x10 (3-D), padding 1:
 
-========  ==========  ===========  ===========  ===========  ===========
-tile      dims        C=4 f32      C=64 f32     C=256 f32    C=64 f64
-========  ==========  ===========  ===========  ===========  ===========
-F(2, 3)   1-D         1.0e-7       1.5e-7       1.8e-7       2.4e-16
-F(4, 3)   1-D         3.4e-7       4.7e-7       5.3e-7       8.8e-16
-F(2, 3)   2-D         1.8e-7       2.4e-7       2.7e-7       4.2e-16
-F(4, 3)   2-D         1.6e-6       2.3e-6       2.5e-6       4.2e-15
-F(2, 3)   3-D         2.5e-7       3.4e-7       3.7e-7       5.7e-16
-F(4, 3)   3-D         9.3e-6       1.2e-5       1.4e-5       2.3e-14
-========  ==========  ===========  ===========  ===========  ===========
+========  =====  ========  ========  =========  ========  ==================
+tile      dims   C=4 f32   C=64 f32  C=256 f32  C=64 f64  direct f32, C=64
+========  =====  ========  ========  =========  ========  ==================
+F(2, 3)   1-D    1.3e-7    2.3e-7    5.6e-7     7.5e-16   3.1e-7
+F(2, 3)   2-D    1.7e-7    3.7e-7    5.0e-7     1.1e-15   4.5e-7
+F(2, 3)   3-D    2.5e-7    4.0e-7    6.8e-7     1.4e-15   1.1e-6
+F(4, 3)   1-D    5.4e-7    1.4e-6    2.5e-6     2.5e-15   2.5e-7
+F(4, 3)   2-D    2.8e-6    5.9e-6    1.1e-5     1.3e-14   5.3e-7
+F(4, 3)   3-D    1.7e-5    1.6e-5    4.1e-5     3.8e-14   8.0e-7
+========  =====  ========  ========  =========  ========  ==================
 
-(direct float32 summation, for comparison: about 1e-7 to 2e-7.) The error is
-amplified by the transforms, not by the channel sum, so it grows only slowly
-with ``C``; :func:`Winograd.error_bound` is a safe envelope of this table, and
-the tile is chosen by :func:`Winograd.tile_size`.
+F(2, 3) is as accurate as direct float32 summation; F(4, 3) loses about one
+decimal digit per tiled axis pair (its transforms amplify rounding by the
+points +-2), and both grow roughly like ``sqrt(C)``. :func:`error_bound_for`
+is an envelope of this table (about twice each entry); :meth:`Winograd.tile_size`
+uses it to fall back to F(2, 3) where F(4, 3) would exceed the float32
+tolerance.
 """
 
 from __future__ import annotations
@@ -103,24 +109,26 @@ TILE_SIZES = tuple(sorted(TRANSFORMS))
 #: The transform of an axis that is not tiled (1-D and 2-D run through the 3-D kernels).
 _IDENTITY = (((1,),), ((1,),), ((1,),))
 
-# Measured max-rel float32 error at C=64 (module docstring) per (m, spatial_ndim), rounded up
-# by about 2x, and its float64 counterpart; the bound grows like log2(C) past C=64.
-_FLOAT32_BOUND = {(2, 1): 3e-7, (4, 1): 1e-6, (2, 2): 5e-7, (4, 2): 5e-6,
-                  (2, 3): 7e-7, (4, 3): 3e-5}
+# Measured float32 max-rel error at C=64 (module docstring) per (m, spatial_ndim), rounded up
+# to about twice the measurement. It grows like sqrt(C / 64) past 64 channels (the float32
+# channel sum in the transform domain); float64 scales it by eps64 / eps32.
+_FLOAT32_BOUND = {(2, 1): 6e-7, (4, 1): 3e-6, (2, 2): 7e-7, (4, 2): 1.2e-5,
+                  (2, 3): 8e-7, (4, 3): 4e-5}
 #: Tolerance the planner holds float32 results to (tests/references.py, EDGE_CASES 3.3).
 FLOAT32_TOLERANCE = 1e-4
-#: Workspace per tile chunk (transformed input + GEMM result): a few MiB keeps a chunk in L2/L3.
-CHUNK_BYTES = 4 * 2**20
+#: Workspace per tile block (transformed input + GEMM result): about L2-sized blocks keep the
+#: transforms in cache, ...
+CHUNK_BYTES = 2 * 2**20
+#: ... but a block needs enough tiles (GEMM rows) for BLAS to run near its peak.
+MIN_BLOCK_TILES = 128
 
 
 def error_bound_for(m: int, spatial_ndim: int, in_channels: int, dtype: object) -> float:
-    """Expected max error relative to the output scale of F(m, 3) (N(0, 1)-like data)."""
-    base = _FLOAT32_BOUND[(m, spatial_ndim)]
-    growth = 1.0 + max(0.0, math.log2(max(in_channels, 1) / 64)) / 4
+    """Expected max error of F(m, 3) relative to the output scale (N(0, 1)-like data)."""
+    bound = _FLOAT32_BOUND[(m, spatial_ndim)] * math.sqrt(max(in_channels, 64) / 64)
     if np.dtype(dtype) == np.float64:
-        # float64 errors are the float32 ones scaled by the ratio of the epsilons.
-        return base * growth * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
-    return base * growth
+        bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
+    return bound
 
 
 def transform_arrays(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,112 +160,123 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
     ya, yb = max(0, -ph), min(bh, hn - ph)
     xa, xb = max(0, -pw), min(bw, wn - pw)
     band = np.zeros((bd, bh, bw, nc), dtype=x.dtype)
-    t1 = np.empty((ad, ah, aw, nc), dtype=x.dtype)
-    t2 = np.empty((ah, aw, nc), dtype=x.dtype)
+    t1 = np.empty((ad if ad > 1 else 0, bh, bw, nc), dtype=x.dtype)
+    t2 = np.empty((ah, bw, nc), dtype=x.dtype)
+    cw = w1 - w0
     tile = 0
     for n in range(n0, n1):
-        for c in range(nc):
-            for z in range(za, zb):
-                for y in range(ya, yb):
-                    for xx in range(xa, xb):
+        for z in range(za, zb):
+            for y in range(ya, yb):
+                for xx in range(xa, xb):
+                    for c in range(nc):
                         band[z, y, xx, c] = x[n, c, pd + z, ph + y, pw + xx]
         for td in range(d1 - d0):
+            # stage D over whole band planes (skipped for 1-D and 2-D problems)
+            for a in range(ad if ad > 1 else 0):
+                for y in range(bh):
+                    for xx in range(bw):
+                        for c in range(nc):
+                            t1[a, y, xx, c] = 0
+                for j in range(ad):
+                    b = btd[a, j]
+                    if b != 0:
+                        for y in range(bh):
+                            for xx in range(bw):
+                                for c in range(nc):
+                                    t1[a, y, xx, c] += b * band[td * md + j, y, xx, c]
+            src = t1 if ad > 1 else band
             for th in range(h1 - h0):
-                for tw in range(w1 - w0):
-                    z0, y0, x0 = td * md, th * mh, tw * mw
-                    for a in range(ad):
-                        for y in range(ah):
-                            for xx in range(aw):
-                                if ad == 1:
+                for a in range(ad):
+                    # stage H for a whole row of tiles: contiguous (width x channels) loops
+                    for bb in range(ah):
+                        for xx in range(bw):
+                            for c in range(nc):
+                                t2[bb, xx, c] = 0
+                        for j in range(ah):
+                            b = bth[bb, j]
+                            if b != 0:
+                                for xx in range(bw):
                                     for c in range(nc):
-                                        t1[a, y, xx, c] = band[z0, y0 + y, x0 + xx, c]
-                                else:
-                                    for c in range(nc):
-                                        t1[a, y, xx, c] = 0
-                                    for j in range(ad):
-                                        b = btd[a, j]
-                                        if b != 0:
-                                            for c in range(nc):
-                                                t1[a, y, xx, c] += b * band[z0 + j, y0 + y, x0 + xx, c]
-                    for a in range(ad):
-                        for bb in range(ah):
-                            for xx in range(aw):
+                                        t2[bb, xx, c] += b * src[a, th * mh + j, xx, c]
+                    # stage W, tile by tile along the row
+                    for bb in range(ah):
+                        for k in range(aw):
+                            t = (a * ah + bb) * aw + k
+                            for tw in range(cw):
                                 for c in range(nc):
-                                    t2[bb, xx, c] = 0
-                                for j in range(ah):
-                                    b = bth[bb, j]
-                                    if b != 0:
+                                    v[t, tile + tw, c] = 0
+                            for j in range(aw):
+                                b = btw[k, j]
+                                if b != 0:
+                                    for tw in range(cw):
                                         for c in range(nc):
-                                            t2[bb, xx, c] += b * t1[a, j, xx, c]
-                        for bb in range(ah):
-                            for k in range(aw):
-                                t = (a * ah + bb) * aw + k
-                                for c in range(nc):
-                                    v[t, tile, c] = 0
-                                for j in range(aw):
-                                    b = btw[k, j]
-                                    if b != 0:
-                                        for c in range(nc):
-                                            v[t, tile, c] += b * t2[bb, j, c]
-                    tile += 1
+                                            v[t, tile + tw, c] += b * t2[bb, tw * mw + j, c]
+                tile += cw
 
 
 def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  # pragma: no cover
     # mm: (ad*ah*aw, tiles, O) GEMM result of the tile block; out: (N, O, Do, Ho, Wo).
-    # Per tile: stage W, H, then D (one 1-D A^T each, vectorized over O), then a
-    # cropped store: the parts of ragged-border tiles past the output's end are dropped.
+    # Per row of tiles: stage W, H, then D (one 1-D A^T each, inner loops over the
+    # contiguous (tile, column, channel) axes), then a transposing, cropped store: the
+    # parts of ragged-border tiles past the output's end are dropped.
     md, ad = atd.shape
     mh, ah = ath.shape
     mw, aw = atw.shape
     no = out.shape[1]
     dout, hout, wout = out.shape[2], out.shape[3], out.shape[4]
-    r1 = np.empty((ad * ah, mw, no), dtype=mm.dtype)
-    r2 = np.empty((ad, mh, mw, no), dtype=mm.dtype)
-    r3 = np.empty((mh, mw, no), dtype=mm.dtype)
+    cw = w1 - w0
+    r1 = np.empty((ad * ah, cw * mw, no), dtype=mm.dtype)
+    r2 = np.empty((ad, mh, cw * mw, no), dtype=mm.dtype)
+    r3 = np.empty((mh, cw * mw, no), dtype=mm.dtype)
+    wn = min(cw * mw, wout - w0 * mw)  # output columns this block writes
     tile = 0
     for n in range(n0, n1):
         for td in range(d0, d1):
             for th in range(h0, h1):
-                for tw in range(w0, w1):
-                    for ab in range(ad * ah):
-                        for u in range(mw):
+                for ab in range(ad * ah):
+                    for u in range(mw):
+                        for tw in range(cw):
                             for o in range(no):
-                                r1[ab, u, o] = 0
-                            for k in range(aw):
-                                b = atw[u, k]
-                                if b != 0:
+                                r1[ab, tw * mw + u, o] = 0
+                        for k in range(aw):
+                            b = atw[u, k]
+                            if b != 0:
+                                for tw in range(cw):
                                     for o in range(no):
-                                        r1[ab, u, o] += b * mm[ab * aw + k, tile, o]
-                    for a in range(ad):
+                                        r1[ab, tw * mw + u, o] += b * mm[ab * aw + k, tile + tw, o]
+                for a in range(ad):
+                    for vv in range(mh):
+                        for col in range(cw * mw):
+                            for o in range(no):
+                                r2[a, vv, col, o] = 0
+                        for bb in range(ah):
+                            b = ath[vv, bb]
+                            if b != 0:
+                                for col in range(cw * mw):
+                                    for o in range(no):
+                                        r2[a, vv, col, o] += b * r1[a * ah + bb, col, o]
+                hn = min(mh, hout - th * mh)
+                for z in range(min(md, dout - td * md)):
+                    if ad == 1:
+                        res = r2[0]
+                    else:
                         for vv in range(mh):
-                            for u in range(mw):
+                            for col in range(cw * mw):
                                 for o in range(no):
-                                    r2[a, vv, u, o] = 0
-                            for bb in range(ah):
-                                b = ath[vv, bb]
-                                if b != 0:
-                                    for u in range(mw):
-                                        for o in range(no):
-                                            r2[a, vv, u, o] += b * r1[a * ah + bb, u, o]
-                    hn = min(mh, hout - th * mh)
-                    wn = min(mw, wout - tw * mw)
-                    for z in range(min(md, dout - td * md)):
-                        for vv in range(mh):
-                            for u in range(mw):
-                                for o in range(no):
-                                    r3[vv, u, o] = 0
+                                    r3[vv, col, o] = 0
                         for a in range(ad):
                             b = atd[z, a]
                             if b != 0:
                                 for vv in range(mh):
-                                    for u in range(mw):
+                                    for col in range(cw * mw):
                                         for o in range(no):
-                                            r3[vv, u, o] += b * r2[a, vv, u, o]
-                        for o in range(no):
-                            for vv in range(hn):
-                                for u in range(wn):
-                                    out[n, o, td * md + z, th * mh + vv, tw * mw + u] = r3[vv, u, o]
-                    tile += 1
+                                            r3[vv, col, o] += b * r2[a, vv, col, o]
+                        res = r3
+                    for o in range(no):
+                        for vv in range(hn):
+                            for col in range(wn):
+                                out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = res[vv, col, o]
+                tile += cw
 
 
 _COMPILED: dict[str, Any] = {}
@@ -301,6 +320,13 @@ def _as_3d(shape: tuple[int, ...], fill: int) -> tuple[int, ...]:
     return (fill,) * (3 - len(shape)) + tuple(shape)
 
 
+def _block_level(sizes: list[int], target: int) -> tuple[int, int]:
+    """The tile axis blocks are cut along, and the step along it (see :func:`tile_blocks`)."""
+    inner = [math.prod(sizes[k + 1:]) for k in range(len(sizes))]
+    level = next(k for k in range(len(sizes)) if inner[k] <= target)
+    return level, max(1, target // inner[level])
+
+
 def tile_blocks(grid: tuple[int, ...], target: int) -> list[tuple[int, ...]]:
     """Split the tile grid ``(N, TD, TH, TW)`` into C-order blocks of at most ``target`` tiles.
 
@@ -309,9 +335,7 @@ def tile_blocks(grid: tuple[int, ...], target: int) -> list[tuple[int, ...]]:
     ``target`` (a single huge image is split into rows, or into pieces of a row).
     """
     sizes = list(grid)
-    inner = [math.prod(sizes[k + 1:]) for k in range(4)]
-    level = next(k for k in range(4) if inner[k] <= target)
-    step = max(1, target // inner[level])
+    level, step = _block_level(sizes, target)
     blocks = []
     for outer in np.ndindex(*sizes[:level]):
         for start in range(0, sizes[level], step):
@@ -321,12 +345,34 @@ def tile_blocks(grid: tuple[int, ...], target: int) -> list[tuple[int, ...]]:
     return blocks
 
 
+def block_extent(grid: tuple[int, ...], target: int) -> tuple[int, ...]:
+    """The largest block's extent in tiles along each axis of ``grid`` (N, TD, TH, TW)."""
+    sizes = list(grid)
+    level, step = _block_level(sizes, target)
+    return tuple(1 if k < level else min(step, s) if k == level else s for k, s in enumerate(sizes))
+
+
 class Winograd:
     """Winograd F(2, 3) / F(4, 3) for 3-tap kernels in 1, 2 or 3 dimensions.
 
     Serves stride 1, dilation 1, kernel 3 on every spatial axis, any groups,
-    float32 and float64. Its result carries a transform error above the direct
-    summation bound (see the module docstring and :meth:`error_bound`).
+    float32 and float64 (``supports()`` names the reason otherwise). Its result
+    carries a transform error above the direct summation bound (see the module
+    docstring and :meth:`error_bound`), so ``auto`` never picks it for inputs
+    containing NaN or Inf, which a transform spreads over whole tiles.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import trueconv
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> trueconv.conv(x, np.ones((1, 1, 3, 3)), algorithm="winograd")
+    array([[[[45., 54.],
+             [81., 90.]]]])
+    >>> trueconv.conv(x, np.ones((1, 1, 3, 3)), stride=2, algorithm="winograd")
+    Traceback (most recent call last):
+    ...
+    ValueError: conv: algorithm='winograd' cannot serve this call: stride (2, 2) != 1
     """
 
     name: ClassVar[str] = "winograd"
@@ -368,9 +414,14 @@ class Winograd:
     def error_bound(self, spec: ConvSpec) -> float:
         """Expected max error relative to the output scale for ``spec`` and its dtype.
 
-        An envelope of the measurements in the module docstring (N(0, 1)-like
-        data; float32 ~2.4e-7 for F(2x2, 3x3) and ~2.3e-6 for F(4x4, 3x3) at
-        C=64, float64 about 1e-15), growing with ``log2(C)`` past 64 channels.
+        An envelope (about 2x) of the measurements in the module docstring for
+        the tile :meth:`tile_size` picks: in float32 at C <= 64, 7e-7 for
+        F(2x2, 3x3) and 1.2e-5 for F(4x4, 3x3) (1-D: 6e-7 / 3e-6; 3-D: 8e-7 /
+        4e-5), times ``sqrt(C / 64)`` past 64 input channels per group; float64
+        scales these by ``2 * eps64 / eps32`` (about 1e-15 to 1.5e-13). It is a
+        statistical envelope for data of one scale (N(0, 1)-like), not a
+        worst-case bound: like FFT, Winograd's error is normwise, so outputs
+        much smaller than the largest carry a larger relative error.
         """
         return error_bound_for(self.tile_size(spec), spec.spatial_ndim,
                                spec.in_channels_per_group, spec.dtype)
@@ -386,27 +437,54 @@ class Winograd:
     def _block_target(self, spec: ConvSpec, alpha: int) -> int:
         """Tiles per block so that the block's V and M stay under ``CHUNK_BYTES``."""
         per_tile = alpha ** spec.spatial_ndim * (spec.in_channels + spec.out_channels) * spec.itemsize
-        budget = min(CHUNK_BYTES, max(get_memory_limit() // 8, per_tile))
-        return max(1, budget // per_tile)
+        tiles = max(CHUNK_BYTES // per_tile, MIN_BLOCK_TILES)
+        # a single huge layer must still stay well under the memory limit
+        return max(1, min(tiles, get_memory_limit() // (8 * per_tile)))
+
+    def _block_plan(self, spec: ConvSpec, m: int) -> tuple[int, int]:
+        """Return ``(target tiles per block, worker threads)`` for a run of ``spec``."""
+        total = spec.batch * math.prod(tile_grid(spec.output_shape, m))
+        threads = max(1, get_num_threads())
+        # at least one block per thread when there is enough work
+        target = min(self._block_target(spec, m + 2), max(1, -(-total // threads)))
+        return target, max(1, min(threads, -(-total // target)))
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
-        m, alpha, grid, padded = self._geometry(spec)
-        nd, t = spec.spatial_ndim, alpha ** spec.spatial_ndim
-        tiles = spec.batch * math.prod(grid)
-        block = min(tiles, self._block_target(spec, alpha))
-        padded_input = spec.batch * spec.in_channels * math.prod(padded)
-        weights = t * spec.out_channels * spec.in_channels_per_group
-        transformed = t * (spec.in_channels + spec.out_channels) * block
-        # per-thread scratch of the input transform: alpha rows by one block's padded extent
-        threads = max(1, min(8, spec.batch * spec.in_channels))
-        row = block * m + alpha if nd == 1 else min(block, grid[-1]) * m + alpha
-        scratch = threads * alpha ** max(nd - 1, 1) * row * (2 if nd >= 2 else 1)
-        return (padded_input + weights + transformed + scratch) * spec.itemsize
+        """Bytes allocated besides ``x``, ``weight`` and the output.
+
+        The transformed weights ``U`` (plus the gathered taps they are made
+        from) and, per worker thread, one block's ``V`` and ``M`` and the
+        compiled kernels' scratch (the block's channels-last input band and
+        output rows). Independent of the image size beyond one block, so a
+        single huge image stays bounded. A non-contiguous ``x`` is copied once
+        more (not counted: the engine passes contiguous arrays).
+        """
+        m, alpha, grid, _ = self._geometry(spec)
+        t = alpha**spec.spatial_ndim
+        target, workers = self._block_plan(spec, m)
+        c, o, g = spec.in_channels_per_group, spec.out_channels_per_group, spec.groups
+        weights = (t + spec.kernel_size) * g * c * o
+        v_and_m = t * (spec.in_channels + spec.out_channels) * target
+        # the kernels' scratch, per axis (1-D/2-D run as 3-D with 1-wide untiled axes)
+        ext = block_extent((spec.batch, *_as_3d(grid, 1)), target)[1:]
+        steps, alphas = _as_3d((m,) * spec.spatial_ndim, 1), _as_3d((alpha,) * spec.spatial_ndim, 1)
+        bd, bh, bw = ((e - 1) * s + a for e, s, a in zip(ext, steps, alphas))
+        ad, ah, _ = alphas
+        md, mh, mw = steps
+        band = (bd * bh * bw + (ad * bh * bw if ad > 1 else 0) + ah * bw) * spec.in_channels
+        rows = (ad * ah + ad * mh + mh) * ext[2] * mw * spec.out_channels
+        return (weights + workers * (v_and_m + band + rows)) * spec.itemsize
 
     # -- compute --------------------------------------------------------------
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None = None) -> np.ndarray:
         """Return the cross-correlation; ``tile`` forces F(2, 3) or F(4, 3) (else :meth:`tile_size`)."""
         input_kernel, output_kernel = _kernels()
+        # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
+        with single_threaded_blas():
+            return self._run(x, weight, spec, tile, input_kernel, output_kernel)
+
+    def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None,
+             input_kernel: Any, output_kernel: Any) -> np.ndarray:
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
         m, alpha, grid, padded = self._geometry(spec, tile)
@@ -423,19 +501,18 @@ class Winograd:
         (atd, gd, btd), (ath, gh, bth), (atw, gw, btw) = axes
         steps = _as_3d((m,) * nd, 1)
 
-        # U = G g G^T per axis, in float64 once, then (T, G, O, C) in the compute dtype.
-        w = weight.astype(np.float64).reshape(g * o, c, *_as_3d(spec.kernel_shape, 1))
-        # (T, G*O*C) = kron(Gd, Gh, Gw) (T, 27) @ (27, G*O*C), then (T, G, C, O) for the GEMM.
-        kron = np.kron(np.kron(gd, gh), gw)
-        u = (kron @ w.reshape(g * o * c, -1).T).reshape(t, g, o, c)
-        u = np.ascontiguousarray(u.transpose(0, 1, 3, 2), dtype=dtype)
+        # U = G g G^T on every axis, once per call, laid out (T, G, C, O) for the GEMM:
+        # (T, G*C*O) = kron(Gd, Gh, Gw) (T, K) @ (K, G*C*O). kron is formed in float64 and
+        # rounded once; the product runs in the compute dtype (each U entry is a sum of at
+        # most 27 terms, an error far below the transforms' own).
+        taps = np.ascontiguousarray(weight.reshape(g, o, c, spec.kernel_size).transpose(3, 0, 2, 1),
+                                    dtype=dtype).reshape(spec.kernel_size, g * c * o)
+        kron = np.kron(np.kron(gd, gh), gw).astype(dtype)
+        u = np.matmul(kron, taps).reshape(t, g, c, o)
 
         out = np.empty((n, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
         full_grid = (n, *_as_3d(grid, 1))
-        threads = get_num_threads()
-        total = math.prod(full_grid)
-        # At least two blocks per thread when there is enough work, for load balance.
-        target = min(self._block_target(spec, alpha), max(1, -(-total // (2 * threads))))
+        target, workers = self._block_plan(spec, m)
         blocks = tile_blocks(full_grid, target)
         block_tiles = max((b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]) * (b[7] - b[6]) for b in blocks)
 
@@ -462,15 +539,14 @@ class Winograd:
                     np.matmul(vg.transpose(0, 2, 1, 3), u, out=mm.transpose(0, 2, 1, 3))
                 output_kernel(mm.reshape(t, tiles, g * o), atd, ath, atw, *block, out)
 
-        workers = min(threads, len(blocks))
-        with single_threaded_blas():
-            if workers == 1:
-                worker(iter(blocks))
-            else:
-                queue = _LockedIterator(blocks)
-                with ThreadPoolExecutor(workers, thread_name_prefix="trueconv-winograd") as pool:
-                    for future in [pool.submit(worker, queue) for _ in range(workers)]:
-                        future.result()
+        workers = min(workers, len(blocks))
+        if workers == 1:
+            worker(iter(blocks))
+        else:
+            queue = _LockedIterator(blocks)
+            with ThreadPoolExecutor(workers, thread_name_prefix="trueconv-winograd") as pool:
+                for future in [pool.submit(worker, queue) for _ in range(workers)]:
+                    future.result()
         return out.reshape(spec.full_output_shape)
 
 
@@ -522,25 +598,82 @@ def single_threaded_blas() -> Iterator[None]:
                 _blas_limiter = None
 
 
-def _measure_errors() -> None:  # pragma: no cover - documentation helper
-    """Print the accuracy table of the module docstring (``python -m trueconv.algorithms.winograd``)."""
-    from .direct import Direct
+def _measure_errors() -> None:  # pragma: no cover - regenerates the module docstring's table
+    """Print the accuracy table of the module docstring.
 
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_errors; _measure_errors()"``.
+    The reference is a float64 direct sum (``numpy.einsum`` over sliding windows).
+    """
     rng = np.random.default_rng(0)
-    shapes = {1: (256,), 2: (16, 16), 3: (8, 8, 8)}
+    shapes = {1: (1024,), 2: (32, 32), 3: (10, 10, 10)}
     algo = Winograd()
+
+    def reference(x: np.ndarray, w: np.ndarray, nd: int) -> np.ndarray:
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(1, 1)] * nd)
+        windows = np.lib.stride_tricks.sliding_window_view(xp, (3,) * nd, axis=tuple(range(2, 2 + nd)))
+        letters = "xyz"[:nd]
+        return np.einsum(f"nc{letters}{letters.upper()},oc{letters.upper()}->no{letters}", windows, w)
+
+    print("tile     dims  C=4 f32  C=64 f32  C=256 f32  C=64 f64  direct C=64 f32")
     for m in TILE_SIZES:
         for nd, shape in shapes.items():
             row = []
-            for c, dtype in ((4, "float32"), (64, "float32"), (256, "float32"), (64, "float64")):
+            for c, dtype in ((4, "float32"), (64, "float32"), (256, "float32"), (64, "float64"), (64, "")):
                 x = rng.standard_normal((2, c, *shape))
                 w = rng.standard_normal((8, c, *(3,) * nd))
-                spec = ConvSpec(2, c, 8, 1, shape, (3,) * nd, (1,) * nd, (1,) * nd, ((1, 1),) * nd, dtype)
-                ref = Direct().run(x, w, spec.with_dtype("float64"))
-                y = algo.run(x.astype(dtype), w.astype(dtype), spec, tile=m)
+                ref = reference(x, w, nd)
+                if dtype:
+                    spec = ConvSpec(2, c, 8, 1, shape, (3,) * nd, (1,) * nd, (1,) * nd, ((1, 1),) * nd, dtype)
+                    y = algo.run(x.astype(dtype), w.astype(dtype), spec, tile=m)
+                else:  # float32 direct summation, for scale
+                    y = reference(x.astype(np.float32), w.astype(np.float32), nd)
                 row.append(float(np.abs(y - ref).max() / np.abs(ref).max()))
-            print(f"F({m}, 3) {nd}-D " + "  ".join(f"{e:.1e}" for e in row))
+            print(f"F({m}, 3)  {nd}-D   " + "  ".join(f"{e:.1e}" for e in row), flush=True)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    _measure_errors()
+def _measure_speed(threads: int = 2, repeats: int = 9) -> None:  # pragma: no cover - benchmark helper
+    """Time Winograd, im2col and torch (if installed) on the 3x3 layer rows of issue 3.
+
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_speed; _measure_speed()"``.
+    Prints the median wall and CPU milliseconds per call (float32, batch 8, padding 1). CPU
+    time is the fairer figure on a shared machine: it is what the call costs, load aside.
+    """
+    import time
+
+    from .._threads import set_num_threads
+    from .im2col import Im2col
+
+    set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+
+    def timed(fn: Any) -> tuple[float, float]:
+        fn()
+        fn()
+        walls, cpus = [], []
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        return float(np.median(walls)) * 1e3, float(np.median(cpus)) * 1e3
+
+    rng = np.random.default_rng(0)
+    algo = Winograd()
+    for channels, size in ((64, 56), (128, 28), (256, 14), (512, 7)):
+        x = rng.standard_normal((8, channels, size, size)).astype(np.float32)
+        w = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
+        spec = ConvSpec(8, channels, channels, 1, (size, size), (3, 3), (1, 1), (1, 1),
+                        ((1, 1), (1, 1)), "float32")
+        rows = {f"winograd F({algo.tile_size(spec)})": timed(lambda: algo.run(x, w, spec)),
+                "im2col": timed(lambda: Im2col().run(x, w, spec))}
+        if torch is not None:
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            rows["torch"] = timed(lambda: torch.nn.functional.conv2d(xt, wt, padding=1))
+        print(f"3x3 {channels}->{channels} @{size} b8, {threads} threads: " +
+              ", ".join(f"{k} {wall:.1f} ms wall / {cpu:.1f} ms cpu" for k, (wall, cpu) in rows.items()),
+              flush=True)

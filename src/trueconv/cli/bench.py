@@ -94,19 +94,38 @@ class Row:
 
 def time_call(call: Callable[[], Any], repeats: int) -> tuple[float, int]:
     """Median seconds of ``repeats`` runs after one warm-up, and how many runs it took."""
-    start = time.perf_counter()
-    call()
-    warm = time.perf_counter() - start
-    if warm > SLOW_CALL or repeats <= 0:
-        return warm, 1
-    # keep each call to about a second, with at least 3 runs (if asked for as many)
-    count = max(min(3, repeats), min(repeats, int(1.0 / max(warm, 1e-9))))
-    times = []
-    for _ in range(count):
+    return time_calls({"call": call}, repeats)["call"]
+
+
+def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, int]]:
+    """Median seconds (and run count) of each call, timed in interleaved rounds.
+
+    Each call gets one warm-up; then every round runs each call once, so a burst
+    of load on a shared machine slows trueconv and its peers alike instead of
+    whichever happened to be running. A call whose warm-up took over
+    :data:`SLOW_CALL` seconds is reported from its warm-up alone; the others get
+    ``repeats`` runs, fewer (but at least 3, if asked for) when they are slow.
+    """
+    counts, times = {}, {}
+    for name, call in calls.items():
         start = time.perf_counter()
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), count
+        warm = time.perf_counter() - start
+        times[name] = [warm]
+        if warm > SLOW_CALL:
+            counts[name] = 0
+        else:
+            # keep each call to about a second of timed runs
+            counts[name] = max(min(3, repeats), min(repeats, int(1.0 / max(warm, 1e-9))))
+    for round_ in range(max(counts.values(), default=0)):
+        for name, call in calls.items():
+            if round_ < counts[name]:
+                if round_ == 0:
+                    times[name] = []
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), len(t)) for name, t in times.items()}
 
 
 def max_relative_error(actual: Any, expected: Any) -> float:
@@ -430,11 +449,13 @@ def run_case(case: Case, groups: Sequence[str], repeats: int, seed: int = 0) -> 
         error = max_relative_error(output, case.reference(data))
     except ImportError:  # the reference library (torch for layers) is not installed
         error = float("nan")
-    seconds, runs = time_call(lambda: case.trueconv(data), repeats)
-    peers = {}
+    calls = {"trueconv": lambda: case.trueconv(data)}
     for name, (group, build) in case.peers.items():
         if group in groups:
-            peers[name] = time_call(build(data), repeats)[0]
+            calls[name] = build(data)
+    timed = time_calls(calls, repeats)
+    seconds, runs = timed.pop("trueconv")
+    peers = {name: t for name, (t, _) in timed.items()}
     return Row(case, seconds, "+".join(algorithms), error, peers, runs)
 
 
@@ -483,9 +504,11 @@ def header(threads: int, groups: dict[str, str]) -> list[str]:
         f"- threads: {threads} for every library (trueconv, BLAS, torch, OpenCV)",
         f"- versions: {', '.join(versions)}",
         f"- thread pools (threadpoolctl): {'; '.join(pools) or 'none reported'}",
-        f"- OpenBLAS env: " + ", ".join(f"{k}={'unset' if v is None else v}" for k, v in env.items()),
+        "- OpenBLAS env: " + ", ".join(f"{k}={'unset' if v is None else v}" for k, v in env.items()),
         f"- load average at start: {', '.join(f'{x:.2f}' for x in load) if load else 'unknown'}",
-        "- timing: median of repeats after one warm-up; ratio = fastest peer time / trueconv "
+        f"- planner: {planner_mode()}",
+        "- timing: median of repeats after one warm-up, trueconv and its peers interleaved "
+        "round by round; ratio = fastest peer time / trueconv "
         "time (>= 1.0x: trueconv at least as fast); error = max|y - ref| / max|ref| against a "
         "float64 reference",
     ]
@@ -493,6 +516,16 @@ def header(threads: int, groups: dict[str, str]) -> list[str]:
     if skipped:
         lines.append(f"- peers skipped: {', '.join(skipped)}")
     return lines
+
+
+def planner_mode() -> str:
+    from .._autotune import autotune_enabled
+    from .._calibration import CALIBRATION
+
+    if autotune_enabled():
+        return "autotuner on (measured choices, cached)"
+    return (f"cost-model heuristics (calibration: {CALIBRATION['date']}, "
+            f"{CALIBRATION['machine'].get('cpu', 'unknown')})")
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -540,13 +573,16 @@ def plot(rows: list[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.ratio is not None]
+    shown = [r for r in rows if r.ratio is not None and r.case.group != "algorithms"]
     labels = [f"{r.case.label} {r.case.dtype}" for r in shown]
     ratios = [r.ratio for r in shown]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(shown) + 1.2))
     colors = ["tab:green" if q >= 1.0 else "tab:red" for q in ratios]
     ax.barh(range(len(shown)), ratios, color=colors)
     ax.axvline(1.0, color="black", linewidth=1)
+    for index, ratio in enumerate(ratios):
+        ax.annotate(f"{ratio:.2f}x", (ratio, index), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=6)
     ax.set_xscale("log")
     ax.set_yticks(range(len(shown)), labels, fontsize=7)
     ax.invert_yaxis()
@@ -575,6 +611,9 @@ def register(subparsers: Any) -> None:
                         help="keep rows whose name contains one of these comma-separated strings")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per call (default 7)")
     parser.add_argument("--threads", type=int, help="thread count for every library (default: all cores)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="let auto measure its candidates (trueconv.set_autotune) instead of "
+                             "following the cost model; tuning happens in the untimed first call")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.set_defaults(func=run)
 
@@ -603,6 +642,10 @@ def run(args: argparse.Namespace) -> int:
     groups = available_peer_groups(requested)
     usable = [g for g, why in groups.items() if not why]
     set_threads(threads, usable)
+    if args.autotune:
+        import trueconv
+
+        trueconv.set_autotune(True)
     started = time.perf_counter()
     rows = []
     for case in cases:

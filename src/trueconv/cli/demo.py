@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{example.title}  [{example.source}]")
         print(side_by_side(example.kernel, np.flip(example.kernel), ("kernel", "kernel as convolution applies it (flipped)")))
         print(side_by_side(corr, conv, ("kind='correlation' (= torch F.conv2d)", "kind='convolution' (= scipy.signal.convolve2d)")))
-        print(f"  matches the numbers in the source: {'yes' if ok else 'NO'}\n")
+        print(f"  matches the numbers in the source: {'yes' if ok else 'NO'}")
+        if example.source_note:
+            print(f"  ({example.source_note})")
+        print()
 
     image = sample_image().astype(np.float32)
     sobel_x = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float32)

@@ -21,6 +21,7 @@ Type rules, applied after filtering:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="filter an image, .npy or .zarr file with a kernel (true convolution by default)",
         description="Filter INPUT with a kernel and write OUTPUT. Formats: PNG, JPEG, TIFF "
         "(8/16 bit, gray, RGB, RGBA; alpha is kept, not filtered), .npy (2-D, or 3-D with "
-        "channels last) and .zarr (chunked, through trueconv.dask). The output format follows "
-        "OUTPUT's suffix.",
+        "channels last) and .zarr (chunked through trueconv.dask; the last two axes are the "
+        "image, leading axes such as channels are filtered independently). The output format "
+        "follows OUTPUT's suffix.",
         epilog="Kernels: sobel-x, sobel-y, prewitt-x, prewitt-y, laplacian, sharpen, emboss, "
         "box:K, gaussian:SIGMA, motion:LENGTH:ANGLE, a .npy/.txt/.csv file, or an inline matrix "
         "such as '1,0,-1;2,0,-2;1,0,-1'. Example: trueconv filter photo.png edges.png "
@@ -166,8 +168,6 @@ def _output_dtype(requested: str | None, source: np.dtype, format: str) -> np.dt
         return target
     if source.kind in "iuf" and source.itemsize > 8:
         raise CLIError(f"input dtype {source} is not supported; save as float64")
-    if source == np.float16:
-        return np.dtype(np.float32)
     return source
 
 
@@ -195,14 +195,22 @@ def _run_zarr(args: argparse.Namespace, kernel: np.ndarray) -> int:
         raise CLIError(f"output {target!r} is the input store; refusing to overwrite it")
     if not Path(source).exists():
         raise CLIError(f"{source!r} does not exist")
+    if Path(target).exists() and not args.force:
+        raise CLIError(f"output {target!r} exists; pass --force to overwrite it")
+    if not Path(target).resolve().parent.is_dir():
+        raise CLIError(f"output directory {str(Path(target).parent)!r} does not exist")
     try:
         from trueconv.dask import filter_zarr
     except ImportError as exc:
         raise CLIError(f".zarr filtering needs trueconv.dask.filter_zarr with dask and zarr "
                        f"installed (pip install 'trueconv[dask]'): {exc}") from None
-    filter_zarr(source, target, kernel, chunks=args.chunks, mode=args.mode, boundary=args.boundary,
-                kind=args.kind, overwrite=args.force, progress=False)
-    print(f"wrote {target} (zarr, {args.kind} with a {kernel.shape[0]}x{kernel.shape[1]} kernel)")
+    # A progress bar only for a person watching: scripts and logs get the one summary line.
+    written = filter_zarr(source, target, kernel, chunks=args.chunks, mode=args.mode,
+                          boundary=args.boundary, kind=args.kind, overwrite=args.force,
+                          progress=sys.stderr.isatty())
+    shape = getattr(written, "shape", "?")
+    print(f"wrote {target} (zarr {shape}; {args.kind} with a {kernel.shape[0]}x{kernel.shape[1]} "
+          f"kernel over the last two axes, mode {args.mode}, boundary {args.boundary})")
     return 0
 
 
@@ -233,9 +241,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the input is complex ({pixels.dtype}); write .npy")
     check_writable(format, dtype, channels, picture.alpha is not None, target)
 
-    out_shape = [n + k - 1 if args.mode == "full" else n for n, k in zip((height, width), kernel.shape)]
-    if args.mode == "valid":
-        out_shape = [n - k + 1 for n, k in zip((height, width), kernel.shape)]
+    from .._spec import conv_output_size, signal_pad_widths
+
+    out_shape = [conv_output_size(n + sum(signal_pad_widths(k, args.mode)), k, 1, 1)
+                 for n, k in zip((height, width), kernel.shape)]
     # float64 result per channel, the stacked result, and one padded channel in flight.
     itemsize = 16 if dtype.kind == "c" or pixels.dtype.kind == "c" else 8
     check_allocation(3 * int(np.prod(out_shape)) * channels * itemsize, f"filtering {source}")
