@@ -146,7 +146,7 @@ def run_once(source: str, target: str, kernel: np.ndarray, workers: int, memory_
 
     cluster = distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port (None still binds 8787)
     )
     client = distributed.Client(cluster)
     try:

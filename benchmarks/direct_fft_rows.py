@@ -58,12 +58,16 @@ def rows(rng: np.random.Generator, threads: int):
     image = rng.standard_normal((1024, 1024)).astype(f32)
     for k in (3, 15, 63):
         kernel = rng.standard_normal((k, k)).astype(f32)
-        ours = {name: (lambda a=name: trueconv.conv(image[None], kernel[None, None], padding=k // 2,
-                                                    algorithm=a)[0])
-                for name in (("direct", "fft") if k > 3 else ("direct",))}
+        ours = {
+            name: (lambda a=name: trueconv.conv(image[None], kernel[None, None],
+                                                padding=k // 2, algorithm=a)[0])
+            for name in (("direct", "fft") if k > 3 else ("direct",))
+        }
+        flipped = kernel[::-1, ::-1]
         yield (f"image 1024^2 {k}x{k}", ours,
-               {"cv2.filter2D": lambda: cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_CONSTANT),
-                "scipy.oaconvolve": lambda: scipy.signal.oaconvolve(image, kernel[::-1, ::-1], "same")},
+               {"cv2.filter2D": lambda: cv2.filter2D(image, -1, kernel,
+                                                     borderType=cv2.BORDER_CONSTANT),
+                "scipy.oaconvolve": lambda: scipy.signal.oaconvolve(image, flipped, "same")},
                lambda: scipy.signal.fftconvolve(image.astype(np.float64),
                                                 kernel[::-1, ::-1].astype(np.float64), "same"))
 
@@ -76,7 +80,8 @@ def rows(rng: np.random.Generator, threads: int):
         if taps <= 256:
             peers["np.convolve"] = lambda: np.convolve(signal, kernel[::-1])
         yield (f"1-D 1e6 x {taps} taps", ours, peers,
-               lambda: scipy.signal.fftconvolve(signal.astype(np.float64), kernel[::-1].astype(np.float64)))
+               lambda: scipy.signal.fftconvolve(signal.astype(np.float64),
+                                                kernel[::-1].astype(np.float64)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     threads_module.set_num_threads(args.threads)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     print(f"threads={args.threads} repeat={args.repeat} loadavg={os.getloadavg()[0]:.1f}")
-    print("| row | algorithm | best ms | median ms | fastest peer (best ms) | ratio | max err / scale |")
+    print("| row | algorithm | best ms | median ms | fastest peer (best ms) | ratio "
+          "| max err / scale |")
     print("|---|---|---|---|---|---|---|")
     for name, ours, peers, reference in rows(np.random.default_rng(0), args.threads):
         if wanted and not any(s in name for s in wanted):

@@ -115,8 +115,9 @@ def make_data(case: Case) -> tuple[np.ndarray, np.ndarray]:
         x = rng.integers(low, 4, case.x_shape).astype(dtype)
         w = rng.integers(low, 3, case.w_shape).astype(dtype)
     elif dtype.kind == "c":
-        x = (rng.standard_normal(case.x_shape) + 1j * rng.standard_normal(case.x_shape)).astype(dtype)
-        w = (rng.standard_normal(case.w_shape) + 1j * rng.standard_normal(case.w_shape)).astype(dtype)
+        x = rng.standard_normal(case.x_shape) + 1j * rng.standard_normal(case.x_shape)
+        w = rng.standard_normal(case.w_shape) + 1j * rng.standard_normal(case.w_shape)
+        x, w = x.astype(dtype), w.astype(dtype)
     else:
         x = rng.standard_normal(case.x_shape).astype(dtype)
         w = rng.standard_normal(case.w_shape).astype(dtype)
@@ -128,8 +129,8 @@ def _seed(name: str) -> int:
 
 
 def call_kwargs(case: Case) -> dict:
-    return dict(stride=case.stride, padding=case.padding, dilation=case.dilation, groups=case.groups,
-                padding_mode=case.padding_mode, kind=case.kind)
+    return dict(stride=case.stride, padding=case.padding, dilation=case.dilation,
+                groups=case.groups, padding_mode=case.padding_mode, kind=case.kind)
 
 
 def canonical_spec(case: Case, x: np.ndarray, w: np.ndarray):
@@ -160,12 +161,14 @@ def expected(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
     ref = ref if batched else ref[0]
     if np.dtype(case.dtype).kind in "iu":
         return ref, None
-    torch_padding = case.padding if isinstance(case.padding, str) and case.padding_mode == "zeros" else pads
+    named = isinstance(case.padding, str) and case.padding_mode == "zeros"
+    torch_padding = case.padding if named else pads  # torch resolves 'same' on its own
     with warnings.catch_warnings():
         # torch warns that 'same' with an even kernel pads a copy of the input: expected here
         warnings.filterwarnings("ignore", "Using padding='same'", UserWarning)
-        theirs = torch_conv(x, w, stride=case.stride, padding=torch_padding, dilation=case.dilation,
-                            groups=case.groups, padding_mode=case.padding_mode, kind=case.kind)
+        theirs = torch_conv(x, w, stride=case.stride, padding=torch_padding,
+                            dilation=case.dilation, groups=case.groups,
+                            padding_mode=case.padding_mode, kind=case.kind)
     return ref, theirs
 
 
@@ -215,7 +218,8 @@ class TestAllAlgorithms:
         assert set(calls) == {algorithm}
         assert_close_scaled(out, expected(case)[0], dtype=np.float64)
 
-        refused = [c for c in CASES if ALGORITHMS[algorithm].supports(canonical_spec(c, *make_data(c)))]
+        refused = [c for c in CASES
+                   if ALGORITHMS[algorithm].supports(canonical_spec(c, *make_data(c)))]
         calls.clear()
         for case in refused[:3]:
             x, w = make_data(case)
@@ -272,7 +276,8 @@ def test_winograd_matrices_exact(m: int) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 3, 1000), (1, 5, 21, 19), (1, 2, 6, 9, 7)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("shape", [(1, 3, 1000), (1, 5, 21, 19), (1, 2, 6, 9, 7)],
+                         ids=["1d", "2d", "3d"])
 def test_winograd_internal_tiling(shape: tuple[int, ...], threads: int,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few tiles (pieces of a tile row of one image), on 1 or 2 threads."""
@@ -301,13 +306,14 @@ def test_winograd_error_within_bound(tile: int) -> None:
     w = rng.standard_normal((8, 64, 3, 3))
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
     algo = ALGORITHMS["winograd"]
-    spec = canonical_spec(Case("e", x.shape, w.shape, "float32", padding=1), x, w).with_dtype("float32")
+    spec = canonical_spec(Case("e", x.shape, w.shape, padding=1), x, w).with_dtype("float32")
     out = algo.run(x.astype(np.float32), w.astype(np.float32), spec, tile=tile)
     error = float(np.abs(out - ref).max() / np.abs(ref).max())
     bound = winograd_module.error_bound_for(tile, 2, 64, "float32")
     assert error <= bound
     assert error > 1e-8  # the transform error is real: float32 is not computed in float64
-    assert algo.error_bound(spec) == winograd_module.error_bound_for(algo.tile_size(spec), 2, 64, "float32")
+    chosen = algo.tile_size(spec)
+    assert algo.error_bound(spec) == winograd_module.error_bound_for(chosen, 2, 64, "float32")
     assert algo.error_bound(spec.with_dtype("float64")) < 1e-12
 
 
@@ -338,7 +344,8 @@ def test_winograd_tile_rule() -> None:
 def test_winograd_refusals_name_the_reason(reason_case: Case, reason: str) -> None:
     x, w = make_data(reason_case)
     with pytest.raises(ValueError, match=re.escape(reason)):
-        trueconv.conv(x, w, stride=reason_case.stride, dilation=reason_case.dilation, algorithm="winograd")
+        trueconv.conv(x, w, stride=reason_case.stride, dilation=reason_case.dilation,
+                      algorithm="winograd")
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +376,8 @@ def test_im2col_pointwise_needs_no_workspace() -> None:
     ("winograd", (1, 8, 120, 100), (8, 8, 3, 3)),
     ("winograd", (1, 4, 20000), (4, 4, 3)),
 ])
-def test_workspace_is_honest(algorithm: str, shape, weight_shape, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workspace_is_honest(algorithm: str, shape: tuple[int, ...], weight_shape: tuple[int, ...],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Peak NumPy allocation during run() stays within workspace_bytes + output (tracemalloc)."""
     monkeypatch.setattr(im2col_module, "COLUMN_BYTES", 200_000)
     monkeypatch.setattr(winograd_module, "CHUNK_BYTES", 200_000)
@@ -388,7 +396,8 @@ def test_workspace_is_honest(algorithm: str, shape, weight_shape, monkeypatch: p
         tracemalloc.stop()
     assert peak <= algo.workspace_bytes(spec) + output + 64 * 1024
     if algorithm == "im2col":  # the chunked columns are far smaller than the whole column matrix
-        columns = spec.in_channels * spec.kernel_size * math.prod(spec.output_shape) * spec.itemsize
+        positions = math.prod(spec.output_shape)
+        columns = spec.in_channels * spec.kernel_size * positions * spec.itemsize
         assert algo.workspace_bytes(spec) < columns / 4
     else:  # the workspace does not grow with the image beyond one block per thread
         huge = dataclasses.replace(spec, input_shape=tuple(100 * n for n in spec.input_shape))

@@ -20,7 +20,9 @@ from trueconv._api import conv_with_plan
 from trueconv._spec import ConvSpec
 from trueconv.algorithms import ALGORITHMS
 
-X_SHAPE, W_SHAPE = (2, 4, 12, 12), (4, 4, 3, 3)
+# 8 channels and a 2x2 kernel: no candidate needs a Numba compile (direct's compiled loop
+# serves <= 4 channels, Winograd 3-tap kernels), so tuning takes milliseconds.
+X_SHAPE, W_SHAPE = (2, 8, 12, 12), (8, 8, 2, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -252,7 +254,7 @@ WRITER = textwrap.dedent("""
     while not os.path.exists(os.path.join(gate, "go")):
         time.sleep(0.001)
     # a real tuning, then many small merges racing with the other process
-    trueconv.plan((1, 2, 10 + int(tag == "b"), 10), (2, 2, 3, 3), "float64", padding=1)
+    trueconv.plan((1, 8, 10 + int(tag == "b"), 10), (8, 8, 2, 2), "float64", padding=1)
     path = _autotune.cache_path()
     for i in range(25):
         entry = {"algorithm": "direct", "seconds": {"direct": 1.0}, "created": time.time()}

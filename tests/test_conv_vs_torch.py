@@ -63,7 +63,7 @@ def torch_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple
 
 def build_case(params: dict, rng: np.random.Generator) -> dict:
     nd = params["nd"]
-    kernel = [(2, 3, 1), (3, 2, 3), (1, 3, 2)][params["kernel"]][:nd]
+    kernel = [(2, 3, 1), (3, 2, 3), (1, 3, 2), (3, 3, 3)][params["kernel"]][:nd]
     dilation = params["dilation"]
     dilation = tuple((dilation, 1, dilation)[:nd]) if dilation != 1 else 1
     dil_t = (dilation,) * nd if isinstance(dilation, int) else dilation
@@ -154,11 +154,11 @@ def torch_for(case: dict, use_torch_same: bool) -> np.ndarray:
 FLOAT_CASES = sample_product(
     72, seed=2,
     nd=[1, 2, 3],
-    kernel=[0, 1, 2],
-    stride=[1, 2, "mixed"],
+    kernel=[0, 1, 2, 3],
+    stride=[1, 1, 2, "mixed"],
     padding=[0, 1, "per-axis", "asymmetric", "same", "valid"],
     padding_mode=["zeros", "reflect", "replicate", "circular"],
-    dilation=[1, 2],
+    dilation=[1, 1, 2],
     groups=["1", "2", "depthwise"],
     bias=[True, False],
     batch=[1, 3, None],
@@ -196,7 +196,7 @@ def test_float_matches_torch_and_reference(params: dict, algorithm: str) -> None
 EXACT_CASES = sample_product(
     18, seed=3,
     nd=[1, 2, 3],
-    kernel=[0, 1, 2],
+    kernel=[0, 1, 2, 3],
     stride=[1, 2, "mixed"],
     padding=[0, "asymmetric", "same", "valid"],
     padding_mode=["zeros", "reflect", "replicate", "circular"],
@@ -270,6 +270,8 @@ def test_same_strided_follows_tensorflow(size, kernel, stride, dilation, expecte
     w = rng.standard_normal((1, 1, kernel))
     actual = trueconv.conv1d(x, w, None, stride, "same", dilation)
     assert actual.shape == (1, 1, expected_out)
+    with pytest.raises(RuntimeError, match="not supported for strided"):  # torch refuses it
+        torch_conv(x, w, None, stride, "same", dilation)
     expected = torch_conv(x, w, None, stride, [expected_pads], dilation)
     assert_close_scaled(actual, expected, np.float64)
 

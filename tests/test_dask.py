@@ -44,8 +44,10 @@ CLUSTER_ALGORITHMS = ("im2col", "fft")
 def client():
     """Two worker *processes*, one thread each: results travel by pickle, as on a real cluster."""
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-        memory_limit="1GiB",
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB",
+        # ":0": the scheduler's HTTP server takes a free port. None still binds 8787,
+        # which another cluster on the machine may hold (a UserWarning, an error here).
+        dashboard_address=":0",
     )
     client = distributed.Client(cluster, set_as_default=False)
     try:
@@ -148,7 +150,7 @@ def test_convolve_equals_scipy_and_in_memory_on_process_cluster(client, rng):
         check_signal(case, got)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_convolve_any_chunking_equals_scipy(data):
     """Random shapes, chunkings (including chunks smaller than the halo), kernels and rules."""
@@ -294,11 +296,11 @@ CONV_CASES = [
     ((1, 2, 16, 16), (1, 2, 5, 5), (2, 2, 4, 4), 1, "same", 1, 1, "zeros", "correlation", False),
     ((1, 2, 16, 16), (1, 2, 5, 5), (2, 2, 3, 3), 2, "same", 2, 1, "zeros", "convolution", False),
     # channel-chunked input with groups, batch-chunked input
-    ((4, 6, 12, 11), (1, 2, 4, 5), (6, 2, 3, 3), 1, 1, 1, 3, "zeros", "correlation", True),
+    ((2, 6, 12, 11), (1, 2, 4, 5), (6, 2, 3, 3), 1, 1, 1, 3, "zeros", "correlation", True),
     ((5, 4, 9, 10), (2, 1, 9, 10), (2, 4, 3, 2), 1, 0, 1, 1, "reflect", "correlation", True),
     # kernel larger than a chunk's halo-free interior
     ((1, 1, 20, 21), (1, 1, 3, 2), (1, 1, 7, 6), 2, 3, 1, 1, "zeros", "correlation", False),
-    ((1, 1, 40, 33), (1, 1, 2, 3), (1, 1, 5, 4), 1, 2, 3, 1, "circular", "convolution", True),
+    ((1, 1, 30, 26), (1, 1, 2, 3), (1, 1, 5, 4), 1, 2, 3, 1, "circular", "convolution", True),
     # 1-D and 3-D, unbatched
     ((3, 2, 40), (1, 1, 7), (3, 2, 5), 3, 2, 2, 1, "reflect", "correlation", True),
     ((2, 9, 8, 7), (2, 4, 3, 5), (2, 2, 3, 2, 3), (2, 1, 2), 1, (1, 2, 1), 1, "replicate", "convolution", False),

@@ -103,7 +103,8 @@ def test_direct_fallback_dtypes(rng, dtype):
     assert uses_compiled_kernel(spec) == (compute == "float32")
     out = Direct().run(x, w, spec)
     expected = conv_reference(x, w, stride=(2, 1), pad_widths=((1, 0), (2, 1)), groups=2)
-    assert_close_scaled(out, expected.astype(compute) if compute == "uint64" else expected, compute)
+    expected = expected.astype(compute) if compute == "uint64" else expected
+    assert_close_scaled(out, expected, compute)
 
 
 def test_many_channels_use_gemm_per_tap(rng):
@@ -215,7 +216,8 @@ def test_fft_1d_tiles_match_oaconvolve(rng, small_chunks, length, taps):
     out = FFT().run(x[None, None], w[None, None], spec)[0, 0]
     # correlation with w == convolution with w reversed
     assert_close_scaled(out, scipy.signal.oaconvolve(x, w[::-1]), "float64")
-    np.testing.assert_allclose(out, np.correlate(x, w, "full"), rtol=0, atol=1e-10 * np.abs(out).max())
+    np.testing.assert_allclose(out, np.correlate(x, w, "full"), rtol=0,
+                               atol=1e-10 * np.abs(out).max())
 
 
 def test_fft_2d_tiles_and_chunks_match_fftconvolve(rng, small_chunks):
@@ -238,7 +240,8 @@ def test_fft_tiled_strided_dilated_multichannel(rng, small_chunks, stride, dilat
     spec = make_spec(x, w, stride, ((2, 3), (0, 5)), dilation, 2)
     assert max(tile_plan(spec).tile_counts) > 1
     out = FFT().run(x, w, spec)
-    assert_close_scaled(out, torch_conv(x, w, None, stride, [(2, 3), (0, 5)], dilation, 2), "float64")
+    expected = torch_conv(x, w, None, stride, [(2, 3), (0, 5)], dilation, 2)
+    assert_close_scaled(out, expected, "float64")
 
 
 @pytest.mark.parametrize("channels", [1, 3, 16])  # broadcast, small broadcast-sum, batched matmul
@@ -308,7 +311,10 @@ def test_error_bound_excludes_fft_for_huge_channel_sums():
 def test_direct_bitwise_across_threads_and_batch_splits(rng):
     from trueconv import _threads
 
-    x, w = random_pair(rng, (4, 3, 40, 37), (3, 1, 5, 5), "float32")
+    from trueconv.algorithms import _kernels_numba
+
+    # 1.2e6 multiply-adds: enough for the kernel to use both threads
+    x, w = random_pair(rng, (4, 3, 64, 61), (3, 1, 5, 5), "float32")
     spec = make_spec(x, w, 1, 2, 1, 3)
     before = _threads.get_num_threads()
     try:
@@ -316,6 +322,7 @@ def test_direct_bitwise_across_threads_and_batch_splits(rng):
         one = Direct().run(x, w, spec)
         _threads.set_num_threads(2)
         two = Direct().run(x, w, spec)
+        assert _kernels_numba._POOL._executor is not None  # the worker pool took part
     finally:
         _threads.set_num_threads(before)
     split = np.concatenate([Direct().run(x[i:i + 1], w, spec.with_batch(1)) for i in range(4)])
@@ -341,3 +348,26 @@ def test_workspace_bytes_is_an_upper_bound(rng, algorithm, x_shape, w_shape, pad
     finally:
         tracemalloc.stop()
     assert peak <= algorithm.workspace_bytes(spec) + output + 2**16
+
+
+def test_direct_concurrent_calls_match_serial(rng):
+    """EDGE_CASES #89: calls from several threads share the worker pool without cross-talk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trueconv import _threads
+
+    problems = []
+    for channels in (1, 2, 3, 4):
+        # >= 6e5 multiply-adds each, so every call splits its tiles over two threads
+        x, w = random_pair(rng, (2, channels, 160, 130 + channels), (channels, 1, 3, 5), "float32")
+        problems.append((x, w, make_spec(x, w, 1, 2, 1, channels)))
+    serial = [Direct().run(*problem) for problem in problems]
+    before = _threads.get_num_threads()
+    try:
+        _threads.set_num_threads(2)
+        with ThreadPoolExecutor(4) as callers:
+            concurrent = list(callers.map(lambda p: Direct().run(*p), problems * 3))
+    finally:
+        _threads.set_num_threads(before)
+    for got, expected in zip(concurrent, serial * 3):
+        np.testing.assert_array_equal(got, expected)

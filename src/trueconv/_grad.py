@@ -53,6 +53,7 @@ from ._dtypes import as_array, cast_result, compute_dtype, result_dtype
 from ._engine import execute
 from ._planner import check_algorithm_name
 from ._spec import (
+    KINDS,
     ConvSpec,
     Kind,
     PaddingArg,
@@ -60,13 +61,15 @@ from ._spec import (
     SizeArg,
     check_grad_output,
     check_spatial_ndim,
-    effective_kernel_size,
     normalize_conv,
+    normalize_choice,
     normalize_conv_transpose,
     normalize_needs,
 )
 
-__all__ = ["conv_grad", "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+__all__ = [
+    "conv_grad", "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+]
 
 # torch nn.ConvNd padding_mode -> how np.pad extends each axis (see _padding.py)
 _SOURCE_INDEX_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -148,7 +151,8 @@ def input_gradient(
     ``(G*O, C, *K)``, both in the compute dtype (complex operands: pass the
     conjugated kernel). ``M`` may be any shape (transposed convolution).
     """
-    n, g, c, o = forward.batch, forward.groups, forward.in_channels_per_group, forward.out_channels_per_group
+    n, g = forward.batch, forward.groups
+    c, o = forward.in_channels_per_group, forward.out_channels_per_group
     nd = forward.spatial_ndim
     spec, offsets = input_gradient_spec(forward)
     # Frame the stride-dilated gradient: sample j lands at offset + j * stride.
@@ -177,7 +181,8 @@ def weight_gradient(
     ``x`` is the canonical forward input ``(N, G*C, *S)`` (padding-mode pre-pass
     applied; complex: pass it conjugated) and ``grad`` is ``(N, G*O, *M)``.
     """
-    n, g, c, o = forward.batch, forward.groups, forward.in_channels_per_group, forward.out_channels_per_group
+    n, g = forward.batch, forward.groups
+    c, o = forward.in_channels_per_group, forward.out_channels_per_group
     nd = forward.spatial_ndim
     spec = weight_gradient_spec(forward, grad.shape[2:])
     axes = tuple(range(3, 3 + nd))
@@ -424,12 +429,12 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
     weight = as_array(weight, "weight", fn)
     bias_array = None if bias is None else as_array(bias, "bias", fn)
     check_algorithm_name(algorithm, fn)
-    from ._spec import KINDS, normalize_choice
-
     normalize_choice(kind, KINDS, "kind", fn)
     result = result_dtype(x.dtype, weight.dtype)
     if bias_array is not None and not np.can_cast(bias_array.dtype, result, "same_kind"):
-        raise TypeError(f"{fn}: bias of dtype {bias_array.dtype} cannot be added to a {result} result")
+        raise TypeError(
+            f"{fn}: bias of dtype {bias_array.dtype} cannot be added to a {result} result"
+        )
     compute = compute_dtype(result)
     forward, batched = normalize_conv_transpose(
         x.shape, weight.shape, None if bias_array is None else bias_array.shape,

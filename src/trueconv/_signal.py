@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._api import flip_spatial
+from ._api import check_copy_fits, flip_spatial
 from ._dtypes import as_array, cast_result, compute_dtype, result_dtype
 from ._engine import execute
 from ._padding import pad_spatial
@@ -55,7 +55,7 @@ def _signal(
     mode = normalize_signal_mode(mode, fn)
     algorithm = _METHOD_TO_ALGORITHM[normalize_signal_method(method, fn)]
     if a.ndim == b.ndim == 0:
-        return a * (b if kind == "convolution" else np.conj(b))
+        return _product_0d(a, b if kind == "convolution" else np.conj(b), fn)
     check_signal_shapes(a.shape, b.shape, fn)
     result = result_dtype(a.dtype, b.dtype)
     fill = _check_fillvalue(fillvalue, result, fn) if boundary == "fill" else 0
@@ -70,6 +70,8 @@ def _signal(
     pads = tuple(signal_pad_widths(k, mode, correlate2d_rules) for k in kernel.shape)
     x = a.astype(compute, copy=False)
     if boundary != "fill" or fill != 0:
+        # the boundary pre-pass copies the input: refuse before allocating if it cannot fit
+        check_copy_fits((1, 1, *(n + lo + hi for n, (lo, hi) in zip(x.shape, pads))), compute, fn)
         x, pads = pad_spatial(x, pads, boundary, fill), ((0, 0),) * x.ndim
     spec = ConvSpec(
         batch=1, in_channels=1, out_channels=1, groups=1,
@@ -89,6 +91,15 @@ def _signal(
         out = flip_spatial(out, out.ndim)
         out = out if correlate2d_rules else np.conj(out)
     return cast_result(np.ascontiguousarray(out), result, fn)
+
+
+def _product_0d(a: np.ndarray, b: np.ndarray, fn: str) -> np.ndarray:
+    """Two 0-d inputs: their product (SciPy), exact for integers and never wrapping."""
+    result = result_dtype(a.dtype, b.dtype)
+    if result.kind in "iu":
+        return cast_result(np.array(int(a) * int(b), dtype=object), result, fn)
+    compute = compute_dtype(result)
+    return np.asarray(a.astype(compute) * b.astype(compute)).astype(result)
 
 
 def _check_fillvalue(fillvalue: object, result: np.dtype, fn: str) -> object:
@@ -237,7 +248,7 @@ def fftconvolve(in1: np.typing.ArrayLike, in2: np.typing.ArrayLike, mode: str = 
     b = as_array(in2, "in2", fn)
     mode = normalize_signal_mode(mode, fn)
     if a.ndim == b.ndim == 0:
-        return a * b
+        return _product_0d(a, b, fn)
     check_signal_shapes(a.shape, b.shape, fn)
     # SciPy (_init_freq_conv_axes) transforms only the axes where both inputs are longer
     # than 1; every other axis is a broadcast product, so it must have equal sizes or a 1.

@@ -393,7 +393,7 @@ def normalize_conv(
         pad_widths=algo_pads,
         dtype=_dtype_name(dtype),
     )
-    check_kernel_fits(spec, fn)
+    check_kernel_fits(spec, fn, x_shape=tuple(x_shape), w_shape=tuple(w_shape), pad_widths=pad_widths)
     check_element_count(spec.full_output_shape, "output", fn)
     return spec, mode_pads, batched
 
@@ -415,12 +415,29 @@ def check_mode_padding(
             )
 
 
-def check_kernel_fits(spec: ConvSpec, fn: str) -> None:
-    """The padded input must be at least as large as the effective kernel."""
+def check_kernel_fits(
+    spec: ConvSpec,
+    fn: str,
+    *,
+    x_shape: tuple[int, ...] | None = None,
+    w_shape: tuple[int, ...] | None = None,
+    pad_widths: tuple[tuple[int, int], ...] | None = None,
+) -> None:
+    """The padded input must be at least as large as the effective kernel.
+
+    The optional shapes are the caller's (before any padding_mode pre-pass), so the
+    message can show what the user passed.
+    """
     if any(p < e for p, e in zip(spec.padded_shape, spec.effective_kernel_shape)):
+        given = ""
+        if x_shape is not None and w_shape is not None:
+            given = (f" (input of shape {x_shape}, weight of shape {w_shape}, padding "
+                     f"{pad_widths if pad_widths is not None else spec.pad_widths}, "
+                     f"dilation {spec.dilation})")
         raise ValueError(
             f"{fn}: padded input size per channel {spec.padded_shape} is smaller than the "
             f"effective kernel size (dilation * (kernel - 1) + 1) {spec.effective_kernel_shape}"
+            f"{given}"
         )
 
 

@@ -140,6 +140,11 @@ def _axis_windows(
         else:
             first = np.array([real[inside & (owner == i)].min() for i in ids]) - bounds[ids]
             last = np.array([real[inside & (owner == i)].max() for i in ids]) + 1 - bounds[ids]
+            # A part larger than half its chunk is read whole: cutting it would cost a
+            # task and save little (small chunks); thin halo strips of big chunks stay cut.
+            sizes = bounds[ids + 1] - bounds[ids]
+            whole = 2 * (last - first) > sizes
+            first, last = np.where(whole, 0, first), np.where(whole, sizes, last)
         offsets = np.concatenate(([0], np.cumsum(last - first)[:-1]))
         slot = np.clip(np.searchsorted(ids, owner), 0, ids.size - 1)
         local = np.where(inside, offsets[slot] + real - bounds[ids[slot]] - first[slot], 0)

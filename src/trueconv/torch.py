@@ -83,7 +83,9 @@ def _forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: _Param
     return _tensor(out)
 
 
-def _grad_input(g: torch.Tensor, w: torch.Tensor, x_shape: tuple[int, ...], p: _Params) -> torch.Tensor:
+def _grad_input(
+    g: torch.Tensor, w: torch.Tensor, x_shape: tuple[int, ...], p: _Params
+) -> torch.Tensor:
     x = _shape_only(x_shape, _numpy(w).dtype)
     gx, _, _ = conv_grad(
         _numpy(g), x, _numpy(w), p.stride, p.padding, p.dilation, p.groups,
@@ -92,7 +94,9 @@ def _grad_input(g: torch.Tensor, w: torch.Tensor, x_shape: tuple[int, ...], p: _
     return _tensor(gx)
 
 
-def _grad_weight(g: torch.Tensor, x: torch.Tensor, w_shape: tuple[int, ...], p: _Params) -> torch.Tensor:
+def _grad_weight(
+    g: torch.Tensor, x: torch.Tensor, w_shape: tuple[int, ...], p: _Params
+) -> torch.Tensor:
     w = _shape_only(w_shape, _numpy(x).dtype)
     _, gw, _ = conv_grad(
         _numpy(g), _numpy(x), w, p.stride, p.padding, p.dilation, p.groups,
@@ -181,14 +185,9 @@ def _check_tensors(fn: str, **tensors: torch.Tensor | None) -> None:
     dtypes = {name: t.dtype for name, t in present.items()}
     if len(set(dtypes.values())) > 1:
         found = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        # Also what an integer tensor mixed into a differentiated call meets: torch itself
+        # refuses requires_grad on integer tensors.
         raise TypeError(f"{fn}: input, weight and bias must have the same dtype, got {found}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in present.values()):
-        for name, t in present.items():
-            if t.dtype not in _DIFFERENTIABLE:
-                raise TypeError(
-                    f"{fn}: {name} of dtype {t.dtype} cannot take part in a differentiated "
-                    f"call; use float32 or float64"
-                )
 
 
 def _conv(fn: str, x, weight, bias, stride, padding, dilation, groups,  # noqa: ANN001
@@ -225,8 +224,8 @@ def conv(
         For a tensor not on the CPU, and for every invalid shape or parameter
         :func:`trueconv.conv` refuses.
     TypeError
-        For non-tensors, mixed dtypes, or a non-float tensor in a call that
-        needs gradients.
+        For non-tensors, float16/bfloat16/complex tensors, or mixed dtypes
+        (an integer tensor next to a float one that requires grad, say).
 
     Examples
     --------
@@ -333,12 +332,14 @@ class _ConvNd(torch.nn.Module):
         for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
             if normalize_tuple(channels, 1, name, fn)[0] < 0 or channels % self.groups:
                 raise ValueError(
-                    f"{fn}: {name}={channels} must be a non-negative multiple of groups={self.groups}"
+                    f"{fn}: {name}={channels} must be a non-negative multiple of "
+                    f"groups={self.groups}"
                 )
         self.in_channels, self.out_channels = in_channels, out_channels
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(
-                f"{fn}: device must be the CPU (trueconv computes with NumPy), got device={device!r}"
+                f"{fn}: device must be the CPU (trueconv computes with NumPy), got "
+                f"device={device!r}"
             )
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in _DIFFERENTIABLE:
@@ -347,8 +348,9 @@ class _ConvNd(torch.nn.Module):
         self.weight = torch.nn.Parameter(
             torch.empty((out_channels, in_channels // self.groups, *self.kernel_size), **factory)
         )
-        self.bias = torch.nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        if not bias:
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_channels, **factory))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
@@ -367,7 +369,8 @@ class _ConvNd(torch.nn.Module):
                      self.groups, self.padding_mode, self.kind, self.algorithm)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
         if self.padding != (0,) * self.spatial_ndim:
             s += f", padding={self.padding}"
         if self.dilation != (1,) * self.spatial_ndim:

@@ -1,11 +1,11 @@
-"""Compiled direct-convolution loop (Numba), imported lazily by ``direct.py``.
+"""Compiled direct-convolution loops (Numba), imported lazily by ``direct.py``.
 
-One rank-3 kernel serves 1-, 2- and 3-D problems: lower ranks are reshaped to
-rank 3 with leading singleton spatial axes (a free view), so there is one
+One rank-3 loop nest serves 1-, 2- and 3-D problems: lower ranks are reshaped
+to rank 3 with leading singleton spatial axes (a free view), so there is one
 compiled loop per dtype instead of one per rank (ARCHITECTURE.md
 anti-pattern 5), and three signatures in all (int64, float32, float64).
 
-Each parallel work item owns one output tile, ``rows x cols`` of the plane
+Each work item owns one output tile, ``rows x cols`` of a plane
 ``out[n, o, od]``. For every input channel of its group and every depth tap it
 copies the input window the tile reads into a small zero-padded buffer (so
 padding is never materialized for the whole input, only per cache-resident
@@ -14,14 +14,22 @@ tile), then adds ``w[o, c, kd, kh, kw] * window`` tap by tap:
 * stride 1 in H and W: the tile is computed "wide", with the buffer's row
   pitch ``P = cols + (KW - 1) * dw``, so each tap is ONE unit-stride
   multiply-add over ``rows * P`` elements at offset ``kh * dh * P + kw * dw``
-  (the ``P - cols`` extra columns are dropped). Long loops vectorize without a
-  scalar remainder per row; with per-row loops, a 112-wide depthwise row spent
-  most of its time in LLVM's scalar remainder (measured 2x slower).
+  (the ``P - cols`` extra columns are dropped), and up to four taps of a
+  kernel row share one pass over the accumulator. Per-row loops spent most of
+  a 112-wide depthwise row in LLVM's scalar remainder (measured 2x slower).
 * otherwise: one strided multiply-add per output row and tap.
 
 This is where GEMM formulations lose: depthwise and few-channel convolutions
 have no matrix product worth a gather (OpenCV's ``filter2D`` is the same idea,
 hand vectorized).
+
+Threads: the loops are ``nogil`` and serial; :func:`correlate` hands tile
+ranges to a small thread pool (plus the calling thread) from a shared
+counter, :func:`trueconv.get_num_threads` threads in all. Not
+``parallel=True``/``prange``: the parallel wrapper doubled the first-call
+compile time (measured; CI compiles from a clean clone), and a static prange
+split waits for the slowest thread when another process holds a core, while a
+shared counter lets whichever thread runs take the next tiles.
 
 Padded taps add ``0 * w`` exactly as a direct sum over a zero-padded input
 does, so NaN/Inf footprints match it, including ``0 * inf = NaN`` where an
@@ -52,8 +60,8 @@ from .._threads import get_num_threads
 #: Output columns per tile: long rows (1-D signals) are split so that both
 #: threads get work and a tile's buffers stay in L1/L2.
 TILE_COLS = 2048
-#: Target elements per tile (rows * pitch): about 16-32 KiB of accumulator.
-TILE_ELEMENTS = 4096
+#: Target elements per tile (rows * pitch): about 64-128 KiB of accumulator (L2).
+TILE_ELEMENTS = 16384
 #: Below this many multiply-adds per thread, waking another thread costs more
 #: than it saves.
 MIN_MACS_PER_THREAD = 1 << 18
@@ -133,40 +141,92 @@ def _tile(x, w, out, item, row_tiles, col_tiles, out_channels_per_group,
                     line[:] = 0
                 else:
                     line[:col_lo] = 0
-                    line[col_lo:col_hi] = x[n, ci, i_d, i_h, iw0 + col_lo:iw0 + col_hi]
+                    _copy(line[col_lo:col_hi], x[n, ci, i_d, i_h, iw0 + col_lo:iw0 + col_hi])
                     line[col_hi:] = 0
             for kh in range(k_h):
+                if dense:
+                    _dense_row_taps(acc, buf, w[o, c, kd, kh], kh * d_h * pitch, d_w, rows * pitch)
+                    continue
                 for kw in range(k_w):
                     weight = w[o, c, kd, kh, kw]
-                    if dense:
-                        source = buf[kh * d_h * pitch + kw * d_w:]
-                        for i in range(rows * pitch):
-                            acc[i] += weight * source[i]
-                    else:
-                        for r in range(rows):
-                            source = buf[(r * s_h + kh * d_h) * pitch + kw * d_w:]
-                            target = acc[r * cols:(r + 1) * cols]
-                            for i in range(cols):
-                                target[i] += weight * source[i * s_w]
+                    for r in range(rows):
+                        source = buf[(r * s_h + kh * d_h) * pitch + kw * d_w:]
+                        target = acc[r * cols:(r + 1) * cols]
+                        for i in range(cols):
+                            target[i] += weight * source[i * s_w]
     for r in range(rows):
-        target_row = out[n, o, od, oh0 + r]
-        for j in range(cols):
-            target_row[ow0 + j] = acc[r * acc_pitch + j]
+        _copy(out[n, o, od, oh0 + r, ow0:ow0 + cols], acc[r * acc_pitch:r * acc_pitch + cols])
+
+
+@numba.njit(cache=True, fastmath=False, nogil=True)
+def _copy(target, source):  # pragma: no cover - compiled
+    """``target[:] = source`` as a zero-based loop that LLVM turns into vector moves.
+
+    Numba's slice assignment between arrays runs a generic (scalar, overlap
+    checking) loop, which cost more than the taps of a 3x3 kernel.
+    """
+    for j in range(target.shape[0]):
+        target[j] = source[j]
+
+
+@numba.njit(cache=True, fastmath=False, nogil=True)
+def _dense_row_taps(acc, buf, weights, base, d_w, length):  # pragma: no cover - compiled
+    """``acc[i] += weights[kw] * buf[base + kw * d_w + i]`` for every kw, in kw order.
+
+    Taps go in groups of up to four per pass over ``acc``: each element still
+    receives ``a = a + w * s`` tap after tap in the same order (bitwise the
+    same sums as one pass per tap), but ``acc`` is loaded and stored once per
+    group instead of once per tap, which was the bottleneck of small kernels.
+    """
+    k_w = weights.shape[0]
+    kw = 0
+    while kw < k_w:
+        group = min(4, k_w - kw)
+        s0 = buf[base + kw * d_w:]
+        w0 = weights[kw]
+        if group == 1:
+            for i in range(length):
+                acc[i] += w0 * s0[i]
+        elif group == 2:
+            s1, w1 = buf[base + (kw + 1) * d_w:], weights[kw + 1]
+            for i in range(length):
+                a = acc[i] + w0 * s0[i]
+                acc[i] = a + w1 * s1[i]
+        elif group == 3:
+            s1, w1 = buf[base + (kw + 1) * d_w:], weights[kw + 1]
+            s2, w2 = buf[base + (kw + 2) * d_w:], weights[kw + 2]
+            for i in range(length):
+                a = acc[i] + w0 * s0[i]
+                a = a + w1 * s1[i]
+                acc[i] = a + w2 * s2[i]
+        else:
+            s1, w1 = buf[base + (kw + 1) * d_w:], weights[kw + 1]
+            s2, w2 = buf[base + (kw + 2) * d_w:], weights[kw + 2]
+            s3, w3 = buf[base + (kw + 3) * d_w:], weights[kw + 3]
+            for i in range(length):
+                a = acc[i] + w0 * s0[i]
+                a = a + w1 * s1[i]
+                a = a + w2 * s2[i]
+                acc[i] = a + w3 * s3[i]
+        kw += group
 
 
 def tile_shape(kernel_shape: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
                output_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Output ``(rows, cols)`` per tile: a row segment of up to TILE_COLS, rows to fill TILE_ELEMENTS."""
+    """Output ``(rows, cols)`` per tile: up to TILE_COLS columns, rows to fill TILE_ELEMENTS."""
     cols = min(output_shape[-1], TILE_COLS)
     pitch = (cols - 1) * stride[-1] + (kernel_shape[-1] - 1) * dilation[-1] + 1
-    return max(1, min(output_shape[-2] if len(output_shape) > 1 else 1, TILE_ELEMENTS // pitch)), cols
+    out_h = output_shape[-2] if len(output_shape) > 1 else 1
+    return max(1, min(out_h, TILE_ELEMENTS // pitch)), cols
 
 
 def scratch_elements(kernel_shape: tuple[int, ...], stride: tuple[int, ...],
                      dilation: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
     """Elements of the accumulator and window buffer one task allocates (any rank 1-3)."""
     rows, cols = tile_shape(kernel_shape, stride, dilation, output_shape)
-    k_h, s_h, d_h = (kernel_shape[-2], stride[-2], dilation[-2]) if len(kernel_shape) > 1 else (1, 1, 1)
+    k_h, s_h, d_h = (1, 1, 1)
+    if len(kernel_shape) > 1:
+        k_h, s_h, d_h = kernel_shape[-2], stride[-2], dilation[-2]
     k_w, s_w, d_w = kernel_shape[-1], stride[-1], dilation[-1]
     pitch = (cols - 1) * s_w + (k_w - 1) * d_w + 1
     window_rows = (rows - 1) * s_h + (k_h - 1) * d_h + 1
@@ -181,13 +241,12 @@ def tile_count(output_shape3: tuple[int, ...], batch: int, out_channels: int,
 
 
 class _Pool:
-    """Worker threads for the nogil kernel; the calling thread works too.
+    """Worker threads for the nogil loops (the calling thread works too).
 
-    Python threads instead of ``parallel=True``/``prange``: the parallel
-    wrapper doubled the first-call compile time (measured), and tasks taken
-    from a shared queue balance themselves when another process holds a core
-    (a static prange split waits for the slowest thread). Recreated when the
-    thread count changes and after a fork (a forked child has no workers).
+    Sized by :func:`get_num_threads`; replaced, never shut down, when that
+    changes (a call in flight keeps its executor alive; idle workers of a
+    dropped executor exit once it is garbage collected), and reset after a
+    fork (a forked child has no workers).
     """
 
     def __init__(self) -> None:
@@ -198,8 +257,6 @@ class _Pool:
     def executor(self, workers: int) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None or self._workers != workers:
-                if self._executor is not None:
-                    self._executor.shutdown(wait=False)
                 self._executor = ThreadPoolExecutor(workers, thread_name_prefix="trueconv")
                 self._workers = workers
             return self._executor
@@ -256,7 +313,8 @@ def correlate(
                     return
                 _correlate_tiles(*args, bounds[task], bounds[task + 1])
 
-        futures = [_POOL.executor(threads - 1).submit(work) for _ in range(threads - 1)]
+        pool = _POOL.executor(max(get_num_threads() - 1, 1))
+        futures = [pool.submit(work) for _ in range(threads - 1)]
         work()
         for future in futures:
             if not future.cancel():  # a worker that never started has nothing left to do

@@ -1,12 +1,12 @@
-"""Direct convolution: a compiled row stencil, or one small GEMM per kernel tap.
+"""Direct convolution: a compiled tiled stencil, or one small GEMM per kernel tap.
 
 Two exact formulations of the same sum, chosen by a pure function of the spec
 (:func:`uses_compiled_kernel`: never of the batch or image size, so a batch
 split by the engine gives bitwise the same result):
 
-* **Compiled row stencil** (``_kernels_numba.py``, Numba): for int64, float32
+* **Compiled stencil** (``_kernels_numba.py``, Numba): for int64, float32
   and float64 with 1 to 3 spatial dims, when channels per group are few
-  (depthwise, single-image filtering, RGB input) or the dtype is integer
+  (at most 8: depthwise, single-image filtering, RGB input) or the dtype is integer
   (NumPy's integer matmul has no BLAS). Each output tile stays in L1/L2
   while every tap adds ``w * window`` to it in a vectorized loop; zero padding
   is materialized per tile only, never for the whole input.
@@ -18,7 +18,8 @@ split by the engine gives bitwise the same result):
 
 Both accumulate in the compute dtype (float32 sums in float32, like torch and
 OpenCV; integers in int64) and give a direct sum's NaN/Inf footprint: a NaN or
-Inf in ``x`` reaches exactly the outputs whose window holds it.
+Inf in ``x`` reaches exactly the outputs whose window holds it (and an
+infinite weight tap meeting zero padding gives NaN, ``0 * inf``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ __all__ = ["Direct", "uses_compiled_kernel", "COMPILED_DTYPES", "COMPILED_MAX_CH
 COMPILED_DTYPES = ("int64", "float32", "float64")
 #: Floating-point calls with at most this many input channels per group use the
 #: compiled loop; above it the per-tap GEMMs reuse each input row across output
-#: channels at BLAS speed and win.
-COMPILED_MAX_CHANNELS = 4
+#: channels at BLAS speed. Measured (float32, 1 thread, 56x56 3x3, batch 4):
+#: C=4 O=16 0.53 vs 0.93 ms, C=8 O=8 0.51 vs 0.75 ms, C=8 O=32 2.2 vs 2.0 ms,
+#: C=16 O=16 1.95 vs 1.84 ms (compiled vs GEMM per tap).
+COMPILED_MAX_CHANNELS = 8
 
 
 def _numba_kernels():  # noqa: ANN202

@@ -47,7 +47,9 @@ from numpy.lib.stride_tricks import as_strided
 from .._spec import ConvSpec
 from .._threads import get_num_threads
 
-__all__ = ["FFT", "TilePlan", "tile_plan", "error_bound", "fft_shape", "fast_length", "dilate_kernel"]
+__all__ = [
+    "FFT", "TilePlan", "tile_plan", "error_bound", "fft_shape", "fast_length", "dilate_kernel",
+]
 
 #: Normwise constant measured in EDGE_CASES.md 3.2 (c = 0.11 to 0.13), rounded up
 #: with a safety factor: tests check that measured errors stay below the bound.
@@ -57,9 +59,12 @@ ERROR_CONSTANT = 0.5
 #: chunk: with 64 MiB chunks a 1-D 1e6-sample call spent more time in page
 #: faults than in its transforms.
 TILE_CHUNK_BYTES = 4 * 2**20
-#: Below this many complex multiply-adds per frequency, BLAS call overhead
-#: (~25 ns per frequency through np.matmul) loses to a broadcast multiply-add.
-MATMUL_MIN_MACS = 32
+#: Channel sums with fewer than this many ``O * C`` weights per frequency use a
+#: broadcast multiply-add over C instead of a batched matmul: np.matmul pays
+#: ~25 ns per frequency in BLAS call overhead (measured: O=C=3 5.7 ms vs 1.1 ms
+#: broadcast; O=C=4 with 8 columns 22 ms vs 45 ms). The rule ignores the batch
+#: and the tile count on purpose, so a batch split never changes the sums.
+MATMUL_MIN_WEIGHTS = 16
 #: Shortest tile transform considered (shorter transforms are overhead-bound).
 MIN_TILE = 16
 
@@ -92,8 +97,10 @@ class TilePlan:
     @property
     def extended_shape(self) -> tuple[int, ...]:
         """Extent of the zero-extended input that all tiles read."""
-        return tuple((t - 1) * step + n
-                     for t, step, n in zip(self.tile_counts, self.tile_steps, self.transform_shape))
+        return tuple(
+            (t - 1) * step + n
+            for t, step, n in zip(self.tile_counts, self.tile_steps, self.transform_shape)
+        )
 
 
 def _is_complex(spec: ConvSpec) -> bool:
@@ -255,7 +262,8 @@ class FFT:
         g, c, o = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
         freqs = _freq_points(plan.transform_shape, _is_complex(spec))
         slab_rows = (plan.chunk_rows - 1) * plan.tile_steps[0] + plan.transform_shape[0]
-        slab = spec.batch * spec.in_channels * slab_rows * math.prod(plan.extended_shape[1:]) * real
+        slab = (spec.batch * spec.in_channels * slab_rows * math.prod(plan.extended_shape[1:])
+                * real)
         kernel = (g * o * c * math.prod(spec.effective_kernel_shape) * real  # dilated, flipped
                   + 2 * g * o * c * freqs * cplx)  # spectrum and its matmul layout
         tiles_per_chunk = plan.chunk_rows * math.prod(plan.tile_counts[1:])
@@ -268,7 +276,8 @@ class FFT:
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
         plan = tile_plan(spec)
         nd = spec.spatial_ndim
-        n, g, c, o = spec.batch, spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
+        n, g = spec.batch, spec.groups
+        c, o = spec.in_channels_per_group, spec.out_channels_per_group
         work = _work_dtype(spec)
         is_complex = _is_complex(spec)
         fwd, inv = (sp_fft.fftn, sp_fft.ifftn) if is_complex else (sp_fft.rfftn, sp_fft.irfftn)
@@ -280,7 +289,7 @@ class FFT:
         freqs = kernel_freq.shape[-1]
         freq_shape = _spectrum_shape(lengths, is_complex)
         across = math.prod(counts[1:])
-        use_matmul = c > 1 and o * c * n * plan.chunk_rows * across >= MATMUL_MIN_MACS
+        use_matmul = c > 1 and o * c >= MATMUL_MIN_WEIGHTS
         if use_matmul:
             # (G, F, O, C): frequency first, one matrix per frequency
             kernel_freq = np.ascontiguousarray(kernel_freq.transpose(0, 3, 1, 2))
@@ -300,7 +309,8 @@ class FFT:
                 y_freq = x_freq * kernel_freq.reshape(1, g, o, 1, freqs)
             elif use_matmul:
                 # (G, F, C, N*T): the batched-matmul layout
-                x_mat = np.ascontiguousarray(x_freq.transpose(1, 4, 2, 0, 3)).reshape(g, freqs, c, n * t)
+                x_mat = np.ascontiguousarray(x_freq.transpose(1, 4, 2, 0, 3))
+                x_mat = x_mat.reshape(g, freqs, c, n * t)
                 # (G, F, O, N*T) = (G, F, O, C) @ (G, F, C, N*T)
                 y_mat = np.matmul(kernel_freq, x_mat)
                 y_freq = y_mat.reshape(g, freqs, o, n, t).transpose(3, 0, 2, 4, 1)
@@ -309,12 +319,12 @@ class FFT:
                 term = np.empty_like(y_freq)
                 for ci in range(c):
                     # (N, G, O, T, F) += (N, G, 1, T, F) * (1, G, O, 1, F)
-                    np.multiply(x_freq[:, :, ci:ci + 1], kernel_freq[:, :, ci].reshape(1, g, o, 1, freqs),
-                                out=term)
+                    kernel_c = kernel_freq[:, :, ci].reshape(1, g, o, 1, freqs)
+                    np.multiply(x_freq[:, :, ci:ci + 1], kernel_c, out=term)
                     y_freq += term
             y_freq = y_freq.reshape(n, g, o, r1 - r0, *counts[1:], *freq_shape)
-            # y_freq is ours: let pocketfft work in place instead of copying it
-            y = inv(y_freq, lengths, axes=axes, workers=workers, overwrite_x=True)  # (N, G, O, tr, *counts[1:], *L)
+            # (N, G, O, tr, *counts[1:], *L); y_freq is ours, so pocketfft may overwrite it
+            y = inv(y_freq, lengths, axes=axes, workers=workers, overwrite_x=True)
             valid = y[(Ellipsis, *inner)]  # (N, G, O, tr, *counts[1:], *outputs)
             # move each in-tile axis next to its tile axis: (N, G, O, t0, m0, t1, m1, ...)
             order = (0, 1, 2, *itertools.chain(*((3 + i, 3 + nd + i) for i in range(nd))))
@@ -345,7 +355,8 @@ def _tiles_view(x: np.ndarray, spec: ConvSpec, plan: TilePlan, first: int, stop:
               *plan.extended_shape[1:])
     slab = np.zeros((spec.batch, spec.in_channels, *extent), dtype=work)
     source, target = [], []
-    for axis, (size, (before, _), length) in enumerate(zip(spec.input_shape, spec.pad_widths, extent)):
+    axes = zip(spec.input_shape, spec.pad_widths, extent)
+    for axis, (size, (before, _), length) in enumerate(axes):
         offset = start if axis == 0 else 0  # slab coordinate 0 is padded coordinate `offset`
         lo = max(before, offset)
         hi = min(before + size, offset + length)
@@ -363,7 +374,8 @@ def _as_tiles(slab: np.ndarray, spec: ConvSpec, plan: TilePlan, rows: int) -> np
     return as_strided(
         slab,
         shape=(*slab.shape[:3], rows, *plan.tile_counts[1:], *plan.transform_shape),
-        strides=(*slab.strides[:3], *(st * k for st, k in zip(spatial, plan.tile_steps)), *spatial),
+        strides=(*slab.strides[:3], *(st * k for st, k in zip(spatial, plan.tile_steps)),
+                 *spatial),
         writeable=False,
     )
 

@@ -48,7 +48,8 @@ def column_chunk(spec: ConvSpec) -> tuple[int, int]:
     """
     budget = max(1, min(COLUMN_BYTES, get_memory_limit() // 4))
     rows_total = spec.output_shape[0]
-    per_row = spec.in_channels * spec.kernel_size * math.prod(spec.output_shape[1:]) * spec.itemsize
+    rest = math.prod(spec.output_shape[1:])  # positions per output row
+    per_row = spec.in_channels * spec.kernel_size * rest * spec.itemsize
     per_image = per_row * rows_total
     if per_image <= budget:
         return max(1, min(spec.batch, budget // max(per_image, 1))), rows_total
@@ -79,7 +80,8 @@ class Im2col:
             return 0
         images, rows = column_chunk(spec)
         rest = math.prod(spec.output_shape[1:])
-        columns = min(images, max(spec.batch, 1)) * spec.in_channels * spec.kernel_size * rows * rest
+        images = min(images, max(spec.batch, 1))
+        columns = images * spec.in_channels * spec.kernel_size * rows * rest
         padded = 0
         if any(lo or hi for lo, hi in spec.pad_widths):
             padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
@@ -88,13 +90,15 @@ class Im2col:
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
         # Legend (algorithms/_base.py): N batch, G groups, C in / O out channels per group,
         # K taps, P output positions, R output rows of a chunk along the first spatial axis.
-        n, g, c, o = spec.batch, spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
+        n, g = spec.batch, spec.groups
+        c, o = spec.in_channels_per_group, spec.out_channels_per_group
         p, k = output_positions(spec), spec.kernel_size
         w = grouped_weight(weight, spec).reshape(g, o, c * k)
         out = np.empty((n, g, o, p), dtype=np.result_type(x, weight))
         if is_pointwise(spec):
             # (N, G, O, P) = (G, O, C) @ (N, G, C, P)
-            return np.matmul(w, grouped(x, spec).reshape(n, g, c, p), out=out).reshape(spec.full_output_shape)
+            np.matmul(w, grouped(x, spec).reshape(n, g, c, p), out=out)
+            return out.reshape(spec.full_output_shape)
 
         x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
         images, rows = column_chunk(spec)
@@ -104,7 +108,8 @@ class Im2col:
         taps = list(enumerate(tap_offsets(spec)))
         for n0 in range(0, n, images):
             nb = min(images, n - n0)
-            views = [tap_view(x_padded[n0:n0 + nb], tap, spec) for _, tap in taps]  # (nb, G, C, *out)
+            # one strided (nb, G, C, *out) view per tap
+            views = [tap_view(x_padded[n0:n0 + nb], tap, spec) for _, tap in taps]
             for r0 in range(0, rows_total, rows):
                 r1 = min(r0 + rows, rows_total)
                 cols = buffer[: nb * g * c * k * (r1 - r0) * rest].reshape(

@@ -275,7 +275,8 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                     for o in range(no):
                         for vv in range(hn):
                             for col in range(wn):
-                                out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = res[vv, col, o]
+                                out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = \
+                                    res[vv, col, o]
                 tile += cw
 
 
@@ -340,7 +341,8 @@ def tile_blocks(grid: tuple[int, ...], target: int) -> list[tuple[int, ...]]:
     for outer in np.ndindex(*sizes[:level]):
         for start in range(0, sizes[level], step):
             stop = min(start + step, sizes[level])
-            block = [(i, i + 1) for i in outer] + [(start, stop)] + [(0, s) for s in sizes[level + 1:]]
+            block = [(i, i + 1) for i in outer] + [(start, stop)]
+            block += [(0, s) for s in sizes[level + 1:]]
             blocks.append(tuple(v for pair in block for v in pair))
     return blocks
 
@@ -349,7 +351,8 @@ def block_extent(grid: tuple[int, ...], target: int) -> tuple[int, ...]:
     """The largest block's extent in tiles along each axis of ``grid`` (N, TD, TH, TW)."""
     sizes = list(grid)
     level, step = _block_level(sizes, target)
-    return tuple(1 if k < level else min(step, s) if k == level else s for k, s in enumerate(sizes))
+    return tuple(1 if k < level else min(step, s) if k == level else s
+                 for k, s in enumerate(sizes))
 
 
 class Winograd:
@@ -388,8 +391,9 @@ class Winograd:
         if spec.spatial_ndim > 3:
             return f"{spec.spatial_ndim} spatial dims (Winograd serves 1, 2 or 3)"
         if spec.dtype not in ("float32", "float64"):
-            return (f"dtype {spec.dtype}: Winograd serves float32 and float64 only (integers would lose "
-                    f"exactness in the fractional weight transform; use 'direct', 'im2col' or 'fft')")
+            return (f"dtype {spec.dtype}: Winograd serves float32 and float64 only (integers "
+                    f"would lose exactness in the fractional weight transform; use 'direct', "
+                    f"'im2col' or 'fft')")
         if not numba_available():
             return "Numba is not installed (pip install numba)"
         return None
@@ -408,7 +412,8 @@ class Winograd:
         nd, c = spec.spatial_ndim, spec.in_channels_per_group
         if error_bound_for(4, nd, c, "float32") > FLOAT32_TOLERANCE:
             return 2
-        cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.output_shape, m)) for m in TILE_SIZES}
+        cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.output_shape, m))
+                for m in TILE_SIZES}
         return 4 if cost[4] < cost[2] else 2
 
     def error_bound(self, spec: ConvSpec) -> float:
@@ -427,16 +432,15 @@ class Winograd:
                                spec.in_channels_per_group, spec.dtype)
 
     # -- memory ---------------------------------------------------------------
-    def _geometry(self, spec: ConvSpec, m: int | None = None) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    def _geometry(self, spec: ConvSpec, m: int | None = None) -> tuple[int, int, tuple[int, ...]]:
+        """``(m, alpha, tiles per axis)`` of ``spec``: F(m, 3) reads alpha = m + 2 per tile."""
         m = self.tile_size(spec) if m is None else m
-        alpha = m + 2
-        grid = tile_grid(spec.output_shape, m)
-        padded = tuple(t * m + alpha - m for t in grid)  # whole tiles on every axis
-        return m, alpha, grid, padded
+        return m, m + 2, tile_grid(spec.output_shape, m)
 
     def _block_target(self, spec: ConvSpec, alpha: int) -> int:
         """Tiles per block so that the block's V and M stay under ``CHUNK_BYTES``."""
-        per_tile = alpha ** spec.spatial_ndim * (spec.in_channels + spec.out_channels) * spec.itemsize
+        channels = spec.in_channels + spec.out_channels
+        per_tile = alpha**spec.spatial_ndim * channels * spec.itemsize
         tiles = max(CHUNK_BYTES // per_tile, MIN_BLOCK_TILES)
         # a single huge layer must still stay well under the memory limit
         return max(1, min(tiles, get_memory_limit() // (8 * per_tile)))
@@ -459,7 +463,7 @@ class Winograd:
         single huge image stays bounded. A non-contiguous ``x`` is copied once
         more (not counted: the engine passes contiguous arrays).
         """
-        m, alpha, grid, _ = self._geometry(spec)
+        m, alpha, grid = self._geometry(spec)
         t = alpha**spec.spatial_ndim
         target, workers = self._block_plan(spec, m)
         c, o, g = spec.in_channels_per_group, spec.out_channels_per_group, spec.groups
@@ -467,7 +471,8 @@ class Winograd:
         v_and_m = t * (spec.in_channels + spec.out_channels) * target
         # the kernels' scratch, per axis (1-D/2-D run as 3-D with 1-wide untiled axes)
         ext = block_extent((spec.batch, *_as_3d(grid, 1)), target)[1:]
-        steps, alphas = _as_3d((m,) * spec.spatial_ndim, 1), _as_3d((alpha,) * spec.spatial_ndim, 1)
+        steps = _as_3d((m,) * spec.spatial_ndim, 1)
+        alphas = _as_3d((alpha,) * spec.spatial_ndim, 1)
         bd, bh, bw = ((e - 1) * s + a for e, s, a in zip(ext, steps, alphas))
         ad, ah, _ = alphas
         md, mh, mw = steps
@@ -476,8 +481,9 @@ class Winograd:
         return (weights + workers * (v_and_m + band + rows)) * spec.itemsize
 
     # -- compute --------------------------------------------------------------
-    def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None = None) -> np.ndarray:
-        """Return the cross-correlation; ``tile`` forces F(2, 3) or F(4, 3) (else :meth:`tile_size`)."""
+    def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
+            tile: int | None = None) -> np.ndarray:
+        """Return the cross-correlation; ``tile`` forces F(2, 3) or F(4, 3)."""
         input_kernel, output_kernel = _kernels()
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
@@ -487,13 +493,14 @@ class Winograd:
              input_kernel: Any, output_kernel: Any) -> np.ndarray:
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
-        m, alpha, grid, padded = self._geometry(spec, tile)
+        m, alpha, grid = self._geometry(spec, tile)
         n, g = spec.batch, spec.groups
         c, o = spec.in_channels_per_group, spec.out_channels_per_group
         t = alpha**nd
 
         # The kernels read the unpadded input; pads (and whole-tile rounding) are implicit zeros.
-        x5 = np.ascontiguousarray(x, dtype=dtype).reshape(n, spec.in_channels, *_as_3d(spec.input_shape, 1))
+        x5 = np.ascontiguousarray(x, dtype=dtype)
+        x5 = x5.reshape(n, spec.in_channels, *_as_3d(spec.input_shape, 1))
         lows = _as_3d(tuple(lo for lo, _ in spec.pad_widths), 0)
 
         # Per-axis transforms; leading untiled axes of 1-D/2-D problems get 1x1 identities.
@@ -505,8 +512,8 @@ class Winograd:
         # (T, G*C*O) = kron(Gd, Gh, Gw) (T, K) @ (K, G*C*O). kron is formed in float64 and
         # rounded once; the product runs in the compute dtype (each U entry is a sum of at
         # most 27 terms, an error far below the transforms' own).
-        taps = np.ascontiguousarray(weight.reshape(g, o, c, spec.kernel_size).transpose(3, 0, 2, 1),
-                                    dtype=dtype).reshape(spec.kernel_size, g * c * o)
+        taps = weight.reshape(g, o, c, spec.kernel_size).transpose(3, 0, 2, 1)
+        taps = np.ascontiguousarray(taps, dtype=dtype).reshape(spec.kernel_size, g * c * o)
         kron = np.kron(np.kron(gd, gh), gw).astype(dtype)
         u = np.matmul(kron, taps).reshape(t, g, c, o)
 
@@ -514,7 +521,7 @@ class Winograd:
         full_grid = (n, *_as_3d(grid, 1))
         target, workers = self._block_plan(spec, m)
         blocks = tile_blocks(full_grid, target)
-        block_tiles = max((b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]) * (b[7] - b[6]) for b in blocks)
+        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
 
         def worker(queue: Iterator[tuple[int, ...]]) -> None:
             # Each worker owns its V and M buffers and runs whole blocks: transform in,
@@ -601,7 +608,7 @@ def single_threaded_blas() -> Iterator[None]:
 def _measure_errors() -> None:  # pragma: no cover - regenerates the module docstring's table
     """Print the accuracy table of the module docstring.
 
-    Run ``python -c "from trueconv.algorithms.winograd import _measure_errors; _measure_errors()"``.
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_errors as f; f()"``.
     The reference is a float64 direct sum (``numpy.einsum`` over sliding windows).
     """
     rng = np.random.default_rng(0)
@@ -610,20 +617,24 @@ def _measure_errors() -> None:  # pragma: no cover - regenerates the module docs
 
     def reference(x: np.ndarray, w: np.ndarray, nd: int) -> np.ndarray:
         xp = np.pad(x, [(0, 0), (0, 0)] + [(1, 1)] * nd)
-        windows = np.lib.stride_tricks.sliding_window_view(xp, (3,) * nd, axis=tuple(range(2, 2 + nd)))
+        axes = tuple(range(2, 2 + nd))
+        windows = np.lib.stride_tricks.sliding_window_view(xp, (3,) * nd, axis=axes)
         letters = "xyz"[:nd]
-        return np.einsum(f"nc{letters}{letters.upper()},oc{letters.upper()}->no{letters}", windows, w)
+        taps = letters.upper()
+        return np.einsum(f"nc{letters}{taps},oc{taps}->no{letters}", windows, w)
 
     print("tile     dims  C=4 f32  C=64 f32  C=256 f32  C=64 f64  direct C=64 f32")
     for m in TILE_SIZES:
         for nd, shape in shapes.items():
             row = []
-            for c, dtype in ((4, "float32"), (64, "float32"), (256, "float32"), (64, "float64"), (64, "")):
+            for c, dtype in ((4, "float32"), (64, "float32"), (256, "float32"), (64, "float64"),
+                             (64, "")):
                 x = rng.standard_normal((2, c, *shape))
                 w = rng.standard_normal((8, c, *(3,) * nd))
                 ref = reference(x, w, nd)
                 if dtype:
-                    spec = ConvSpec(2, c, 8, 1, shape, (3,) * nd, (1,) * nd, (1,) * nd, ((1, 1),) * nd, dtype)
+                    spec = ConvSpec(2, c, 8, 1, shape, (3,) * nd, (1,) * nd, (1,) * nd,
+                                    ((1, 1),) * nd, dtype)
                     y = algo.run(x.astype(dtype), w.astype(dtype), spec, tile=m)
                 else:  # float32 direct summation, for scale
                     y = reference(x.astype(np.float32), w.astype(np.float32), nd)
@@ -631,10 +642,10 @@ def _measure_errors() -> None:  # pragma: no cover - regenerates the module docs
             print(f"F({m}, 3)  {nd}-D   " + "  ".join(f"{e:.1e}" for e in row), flush=True)
 
 
-def _measure_speed(threads: int = 2, repeats: int = 9) -> None:  # pragma: no cover - benchmark helper
+def _measure_speed(threads: int = 2, repeats: int = 9) -> None:  # pragma: no cover - benchmark
     """Time Winograd, im2col and torch (if installed) on the 3x3 layer rows of issue 3.
 
-    Run ``python -c "from trueconv.algorithms.winograd import _measure_speed; _measure_speed()"``.
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_speed as f; f()"``.
     Prints the median wall and CPU milliseconds per call (float32, batch 8, padding 1). CPU
     time is the fairer figure on a shared machine: it is what the call costs, load aside.
     """
@@ -675,5 +686,6 @@ def _measure_speed(threads: int = 2, repeats: int = 9) -> None:  # pragma: no co
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
             rows["torch"] = timed(lambda: torch.nn.functional.conv2d(xt, wt, padding=1))
         print(f"3x3 {channels}->{channels} @{size} b8, {threads} threads: " +
-              ", ".join(f"{k} {wall:.1f} ms wall / {cpu:.1f} ms cpu" for k, (wall, cpu) in rows.items()),
+              ", ".join(f"{k} {wall:.1f} ms wall / {cpu:.1f} ms cpu"
+                        for k, (wall, cpu) in rows.items()),
               flush=True)

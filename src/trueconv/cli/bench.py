@@ -332,7 +332,7 @@ def filter_cases(kernels: Sequence[int] = FILTER_KERNELS,
             }
             cases.append(Case("filter", f"image {size}x{size} kernel {k}x{k}", dtype,
                               float(size * size * k * k), make, run, peers, reference,
-                              quick=(dtype == "float32" and k in (3, 15))))
+                              quick=(dtype == "float32" and k in (3, 7))))
     return cases
 
 
@@ -609,7 +609,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--plot", metavar="FILE", help="save a bar chart of the ratios (matplotlib)")
     parser.add_argument("--only", metavar="TEXT",
                         help="keep rows whose name contains one of these comma-separated strings")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per call (default 7)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per call (default 7, or 3 with --quick)")
     parser.add_argument("--threads", type=int, help="thread count for every library (default: all cores)")
     parser.add_argument("--autotune", action="store_true",
                         help="let auto measure its candidates (trueconv.set_autotune) instead of "
@@ -625,6 +626,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(requested) - set(PEER_GROUPS))
     if unknown:
         raise CLIError(f"--against: unknown peers {unknown}; choose among {', '.join(PEER_GROUPS)}")
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
     if args.repeats < 1:
         raise CLIError(f"--repeats must be at least 1, got {args.repeats}")
     cases = select_cases(args.quick, args.only)

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kind", choices=("correlation", "convolution"), default="correlation",
                         help="what the trueconv layers compute (default correlation, like torch)")
     parser.add_argument("--algorithm", default="auto",
-                        help="trueconv algorithm for the layers and their gradients (default auto)")
+                        help="trueconv algorithm for the layers and their gradients "
+                        "(default auto)")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for both trueconv (BLAS) and torch (default 1: the "
                         "matrices of this small network are too small to gain from more, "
