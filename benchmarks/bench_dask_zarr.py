@@ -96,7 +96,7 @@ def make_input(path: str, shape: tuple[int, int], chunk: int) -> None:
     import dask.array as da
     import zarr
 
-    # Uncompressed, so reading it costs I/O and not a codec (random data would not compress anyway).
+    # Uncompressed: reading costs I/O, not a codec (random data would not compress anyway).
     store = zarr.create_array(path, shape=shape, chunks=(chunk, chunk), dtype="float32",
                               compressors=None)
     noise = da.random.default_rng(20261122).random(shape, chunks=chunk, dtype=np.float32)
@@ -113,7 +113,7 @@ def gaussian_kernel(size: int) -> np.ndarray:
 
 
 def spot_check(source: str, target: str, kernel: np.ndarray, rng: np.random.Generator) -> float:
-    """Max relative error of a few output tiles (corner included) against scipy.signal on the input."""
+    """Max relative error of a few output tiles (corners included) against scipy.signal."""
     import scipy.signal as ss
     import zarr
 
@@ -194,12 +194,15 @@ def mib(count: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help="square array side (float32)")
-    parser.add_argument("--rows", type=int, default=None, help="rows, if not --size (e.g. 2x larger)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows, if not --size (e.g. twice as many)")
     parser.add_argument("--chunk", type=int, default=1024, help="chunk side")
     parser.add_argument("--kernel", type=int, default=31, help="square kernel side")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="worker counts to run")
     parser.add_argument("--memory-limit", default="256MiB", help="per worker process")
-    parser.add_argument("--dir", default=None, help="where the zarr stores go (default: a temp dir)")
+    parser.add_argument("--dir", default=None,
+                        help="where the zarr stores go (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the input store")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     free = shutil.disk_usage(workdir).free
     if free < 2.2 * nbytes:
         shutil.rmtree(workdir)
-        print(f"need about {mib(2.2 * nbytes)} free in {workdir}, have {mib(free)}", file=sys.stderr)
+        print(f"need about {mib(2.2 * nbytes)} free in {workdir}, have {mib(free)}",
+              file=sys.stderr)
         return 1
     source = os.path.join(workdir, "in.zarr")
     target = os.path.join(workdir, "out.zarr")
@@ -225,14 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# input written in {time.perf_counter() - start:.1f} s")
         rng = np.random.default_rng(0)
         for workers in args.workers:
-            result = run_once(source, target, kernel, workers, args.memory_limit, args.chunk, nbytes)
+            result = run_once(source, target, kernel, workers, args.memory_limit, args.chunk,
+                              nbytes)
             result["max_rel_error_spot_check"] = spot_check(source, target, kernel, rng)
             result["array_bytes"] = nbytes
             result["load_average"] = os.getloadavg()[0]
             results.append(result)
             shutil.rmtree(target, ignore_errors=True)
             print(
-                f"workers={workers}: {result['seconds']:.1f} s ({result['cpu_seconds']:.0f} CPU s), "
+                f"workers={workers}: {result['seconds']:.1f} s "
+                f"({result['cpu_seconds']:.0f} CPU s), "
                 f"{result['mb_per_s']:.1f} MB/s, "
                 f"peak RSS {mib(result['peak_rss_total'])} total (baseline "
                 f"{mib(result['baseline_rss_total'])}; client {mib(result['peak_rss_client'])}, "

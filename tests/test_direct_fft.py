@@ -196,7 +196,7 @@ def small_chunks(monkeypatch):
     The cost model would often transform small test problems whole; tile
     borders are what these tests are about.
     """
-    def short_tiles(extent: int, effective: int) -> list[int]:
+    def short_tiles(extent: int, effective: int, outputs: int, stride: int) -> list[int]:
         return [min(fft_module.fast_length(max(2 * effective, 8)), fft_module.fast_length(extent))]
 
     monkeypatch.setattr(fft_module, "TILE_CHUNK_BYTES", 2**14)

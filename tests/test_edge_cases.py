@@ -71,7 +71,8 @@ DL_ERRORS = [
     ("groups-out", np.zeros((1, 4, 5, 5)), np.zeros((3, 2, 3, 3)), dict(groups=2), ValueError,
      r"groups=2 must divide out_channels=3 \(weight of shape \(3, 2, 3, 3\)\)"),
     ("groups-0", X, W, dict(groups=0), ValueError, r"groups must be a positive integer, got 0"),
-    ("groups-neg", X, W, dict(groups=-1), ValueError, r"groups must be a positive integer, got -1"),
+    ("groups-neg", X, W, dict(groups=-1), ValueError,
+     r"groups must be a positive integer, got -1"),
     ("groups-float", X, W, dict(groups=2.0), TypeError, r"groups must be an integer, got float"),
     ("groups-bool", X, W, dict(groups=True), TypeError, r"groups must be an integer, got bool"),
     ("bias-shape", X, W, dict(bias=np.zeros(4)), ValueError,
@@ -83,7 +84,8 @@ DL_ERRORS = [
      r"stride must be positive, got \(1, -2\)"),
     ("stride-len", X, W, dict(stride=(1, 1, 1)), ValueError,
      r"stride must have length 2 \(or be an int\), got 3 values"),
-    ("stride-float", X, W, dict(stride=1.5), TypeError, r"stride must be an integer, got float 1.5"),
+    ("stride-float", X, W, dict(stride=1.5), TypeError,
+     r"stride must be an integer, got float 1.5"),
     ("stride-float-int", X, W, dict(stride=2.0), TypeError, r"stride must be an integer"),
     ("stride-npfloat", X, W, dict(stride=np.float64(2)), TypeError, r"stride must be an integer"),
     ("stride-bool", X, W, dict(stride=True), TypeError, r"stride must be an integer, got bool"),
@@ -169,8 +171,8 @@ def test_huge_padding_never_allocates_or_hangs() -> None:
     """Huge pads that pass the element-count check still fail before any allocation."""
     x = np.ones((1, 1, 4))
     w = np.ones((1, 1, 1))
-    for kwargs in [dict(padding=2**40), dict(padding=2**38, stride=2**30, padding_mode="replicate"),
-                   dict(padding=2**61, stride=2**60)]:
+    for kwargs in [dict(padding=2**40), dict(padding=2**61, stride=2**60),
+                   dict(padding=2**38, stride=2**30, padding_mode="replicate")]:
         with pytest.raises((MemoryError, ValueError), match=r"memory limit|too large"):
             trueconv.conv(x, w, **kwargs)
 
@@ -305,7 +307,8 @@ def test_longdouble_keeps_precision(rng) -> None:
         assert expected.dtype == np.longdouble
         assert_close_scaled(got, expected, np.longdouble, rtol=1e-15)
     if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant and "fft" in ALGORITHM_NAMES:
-        with pytest.raises(ValueError, match=r"algorithm='fft' cannot serve this call: .*precision"):
+        with pytest.raises(ValueError,
+                           match=r"algorithm='fft' cannot serve this call: .*precision"):
             trueconv.conv(x, w, algorithm="fft")
 
 
@@ -359,7 +362,8 @@ def test_signal_bad_input(fn) -> None:
         f(a, [[1]])
     with pytest.raises(ValueError, match=r"should have the same dimensionality"):
         f(3, a)
-    with pytest.raises(ValueError, match=r"in1 and in2 must not be empty, got in1 of shape \(0,\)"):
+    with pytest.raises(ValueError,
+                       match=r"in1 and in2 must not be empty, got in1 of shape \(0,\)"):
         f([], a)
     with pytest.raises(ValueError, match=r"for 'valid' mode, one must be at least as large as "
                                          r"the other .* \(2, 3\) and in2 of shape \(3, 2\)"):
@@ -445,9 +449,11 @@ def layouts(rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     read_only_x.flags.writeable = False
     return {
         "strided": (np.repeat(base_x, 2, axis=3)[:, :, :, ::2], base_w),
-        "negative": (base_x[:, :, ::-1, ::-1].copy()[:, :, ::-1, ::-1], base_w[:, :, ::-1][:, :, ::-1]),
+        "negative": (base_x[:, :, ::-1, ::-1].copy()[:, :, ::-1, ::-1],
+                     base_w[:, :, ::-1].copy()[:, :, ::-1]),
         "fortran": (np.asfortranarray(base_x), np.asfortranarray(base_w)),
-        "broadcast": (np.broadcast_to(base_x[:1], base_x.shape), np.broadcast_to(base_w[:, :1], base_w.shape)),
+        "broadcast": (np.broadcast_to(base_x[:1], base_x.shape),
+                      np.broadcast_to(base_w[:, :1], base_w.shape)),
         "read-only": (read_only_x, base_w),
         "big-endian": (base_x.astype(">f8"), base_w.astype(">f4")),
         "transposed-channels": (base_x.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3), base_w),
@@ -558,10 +564,12 @@ def test_output_that_cannot_fit_is_refused_before_allocation() -> None:
     # nothing big exists: the input is a broadcast view, the plan has no data at all
     huge = np.broadcast_to(np.float64(1), (1, 1, 2**17, 2**17))
     with trueconv.memory_limit("1G"):
-        with pytest.raises(MemoryError, match=r"conv: the output of shape \(1, 1, 131072, 131072\) "
-                                              r"needs 128.0 GiB, over the memory limit of 1.0 GiB"):
+        with pytest.raises(MemoryError,
+                           match=r"conv: the output of shape \(1, 1, 131072, 131072\) needs "
+                                 r"128.0 GiB, over the memory limit of 1.0 GiB"):
             trueconv.conv(huge, np.ones((1, 1, 1, 1)))
-        with pytest.raises(MemoryError, match=r"plan: the output of shape \(8, 64, 65536, 65536\)"):
+        with pytest.raises(MemoryError,
+                           match=r"plan: the output of shape \(8, 64, 65536, 65536\)"):
             trueconv.plan((8, 64, 2**16, 2**16), (64, 64, 3, 3), padding=1)
         with pytest.raises(MemoryError, match=r"the padded/converted copy of the input"):
             trueconv.conv(huge, np.ones((1, 1, 2**10, 2**10)), stride=2**10,

@@ -32,7 +32,8 @@ def conv_problems(draw, max_nd: int = 3, dtype: str = "float64"):
     kernel = draw(st.lists(st.integers(1, 4 if nd < 3 else 3), min_size=nd, max_size=nd))
     stride = draw(st.lists(st.integers(1, 3), min_size=nd, max_size=nd))
     dilation = draw(st.lists(st.integers(1, 3), min_size=nd, max_size=nd))
-    pads = draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=nd, max_size=nd))
+    pads = draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=nd,
+                         max_size=nd))
     padding_mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     spatial = []
     for k, d, (lo, hi) in zip(kernel, dilation, pads):

@@ -37,7 +37,8 @@ def test_effective_kernel_and_output_size_by_hand() -> None:
 
 
 @pytest.mark.parametrize("size,kernel,stride,dilation,pad",
-                         list(itertools.product([5, 8], [1, 2, 3], [1, 2, 3], [1, 2], [0, 1]))[::3])
+                         list(itertools.product([5, 8], [1, 2, 3], [1, 2, 3], [1, 2],
+                                                [0, 1]))[::3])
 def test_output_size_equals_torch(size, kernel, stride, dilation, pad) -> None:
     if effective_kernel_size(kernel, dilation) > size + 2 * pad:
         return

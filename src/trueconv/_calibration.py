@@ -54,79 +54,79 @@ CALIBRATION: dict[str, Any] = {
     "coefficients": {
         "direct": {
             "float32": [
-                1.794e-11,
-                0.0,
-                1.001e-05,
-                4.791e-11,
-                5.716e-05
+                2.166e-11,
+                9.638e-12,
+                9.994e-06,
+                3.414e-11,
+                3.916e-05
             ],
             "float64": [
-                3.996e-11,
-                1.221e-11,
-                8.453e-06,
-                1.162e-10,
-                6.328e-05
+                3.923e-11,
+                0.0,
+                7.936e-06,
+                6.02e-11,
+                7.642e-05
             ],
             "int64": [
                 0.0,
                 0.0,
                 0.0,
-                2.725e-10,
-                8.363e-06
+                1.391e-10,
+                1.182e-05
             ]
         },
         "im2col": {
             "float32": [
-                1.679e-11,
-                8.848e-11,
-                2.603e-06,
-                3.251e-05
+                1.895e-11,
+                8.937e-11,
+                8.503e-07,
+                3.01e-05
             ],
             "float64": [
-                3.99e-11,
-                1.058e-10,
-                3.187e-06,
-                7.186e-06
+                3.326e-11,
+                6.87e-11,
+                5.483e-06,
+                6.264e-05
             ],
             "int64": [
-                9.841e-10,
-                6.737e-11,
+                1.024e-09,
+                4.508e-11,
                 0.0,
-                0.0
+                3.022e-05
             ]
         },
         "fft": {
             "float32": [
-                2.816e-10,
-                1.007e-10,
+                2.858e-10,
+                1.723e-10,
                 0.0,
-                4.912e-05
+                3.89e-05
             ],
             "float64": [
-                4.754e-10,
-                1.807e-10,
-                0.0,
-                1.548e-05
+                4.08e-10,
+                1.728e-10,
+                6.256e-11,
+                2.334e-05
             ],
             "int64": [
-                4.336e-10,
-                1.191e-09,
-                5.103e-11,
-                0.0
+                4.778e-10,
+                7.353e-10,
+                5.212e-11,
+                9.394e-07
             ]
         },
         "winograd": {
             "float32": [
-                2.296e-09,
-                4.646e-11,
+                1.562e-09,
+                4.575e-11,
                 0.0,
-                0.0002465
+                0.0003426
             ],
             "float64": [
-                3.713e-09,
-                6.49e-11,
+                3.782e-09,
+                6.19e-11,
                 0.0,
-                0.0002677
+                0.0001794
             ],
             "int64": [
                 1e-06,
@@ -179,7 +179,7 @@ def coefficients(algorithm: str, precision: str) -> list[float]:
 # ---------------------------------------------------------------------------
 
 def training_specs(precision: str) -> list[Any]:
-    """A fixed set of small, representative problems (each runs in well under 0.1 s)."""
+    """A fixed set of representative problems, small to layer-sized (at most ~0.1 s each)."""
     from ._spec import ConvSpec
 
     dtype = {"float32": "float32", "float64": "float64", "int64": "int64"}[precision]
@@ -219,6 +219,12 @@ def training_specs(precision: str) -> list[Any]:
         spec(1, 64, 64, 1, (56, 56), 3),
         spec(2, 256, 256, 1, (14, 14), 3),
         spec(2, 32, 32, 32, (112, 112), 3),
+        # layer-sized problems (tens of ms each): where per-call overheads stop mattering
+        spec(4, 64, 64, 1, (56, 56), 3),
+        spec(8, 256, 256, 1, (14, 14), 3),
+        spec(2, 3, 64, 1, (224, 224), 7, stride=2),
+        spec(4, 128, 128, 1, (56, 56), 3, stride=2),
+        spec(1, 1, 1, 1, (512, 512), 15),
     ]
     if precision == "int64":
         specs = specs[::3]  # integer matmul is slow and only ranks exact paths

@@ -60,7 +60,7 @@ def result_dtype(*dtypes: np.dtype) -> np.dtype:
 
 
 def check_bias_dtype(bias: np.dtype, result: np.dtype, fn: str) -> None:
-    """The bias joins the result's dtype; it may not change its kind (int -> float, real -> complex).
+    """The bias joins the result's dtype; it may not change its kind (int to float, real to complex).
 
     Any integer bias may go onto an integer result (the sum is checked exactly in
     :func:`add_bias`); a float bias onto a float or complex result is cast to it,

@@ -116,7 +116,7 @@ class _BlockWindow:
 
 
 def _padded_source(size: int, pad: tuple[int, int], mode: str) -> np.ndarray:
-    """Source index of every position of the padded axis, ``-1`` in a constant pad (``np.pad``'s map)."""
+    """Source index of each position of the padded axis (``np.pad``'s map), -1 in a fill pad."""
     np_mode = _NUMPY_PAD_MODE[mode]
     if np_mode == "constant":
         return np.pad(np.arange(size), pad, mode="constant", constant_values=-1)
@@ -126,7 +126,7 @@ def _padded_source(size: int, pad: tuple[int, int], mode: str) -> np.ndarray:
 def _axis_windows(
     chunks: Sequence[int], source: np.ndarray, ranges: Sequence[tuple[int, int]]
 ) -> list[_AxisWindow]:
-    """Describe, for each padded range ``[lo, hi)``, the chunk parts it reads and how to index them."""
+    """For each padded range ``[lo, hi)``: the chunk parts it reads and how to index them."""
     bounds = np.cumsum((0, *chunks), dtype=np.int64)
     windows = []
     for lo, hi in ranges:
@@ -148,8 +148,8 @@ def _axis_windows(
         offsets = np.concatenate(([0], np.cumsum(last - first)[:-1]))
         slot = np.clip(np.searchsorted(ids, owner), 0, ids.size - 1)
         local = np.where(inside, offsets[slot] + real - bounds[ids[slot]] - first[slot], 0)
-        if inside.all() and (local.size == 0 or np.array_equal(local, np.arange(local[0], local[0] + local.size))):
-            start = int(local[0]) if local.size else 0
+        start = int(local[0]) if local.size else 0
+        if inside.all() and np.array_equal(local, np.arange(start, start + local.size)):
             index: slice | np.ndarray = slice(start, start + local.size)
         else:
             index = local.astype(np.intp)
@@ -162,7 +162,7 @@ def _axis_windows(
 
 
 def _assemble(pieces: Sequence[np.ndarray], grid: tuple[int, ...]) -> np.ndarray:
-    """Place a C-ordered grid of chunk parts side by side in one array (np.block, one allocation)."""
+    """Place a C-ordered grid of chunk parts side by side (like np.block, one allocation)."""
     if len(pieces) == 1:
         return pieces[0]
     ndim = len(grid)
@@ -233,7 +233,7 @@ def _windowed_map(
 
 
 def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks until each holds at least ``minimum`` (or the axis is one chunk)."""
+    """Merge neighbouring chunks until each holds ``minimum`` or more (or the axis is one)."""
     minimum = max(minimum, 1)
     merged: list[int] = []
     for size in chunks:
@@ -308,7 +308,9 @@ def _as_dask(value: object, name: str, fn: str) -> da.Array:
 def _pinned_algorithm(spec: ConvSpec, algorithm: str, fn: str) -> str:
     """Resolve ``algorithm`` once per graph from the spec of the largest block."""
     if algorithm != "auto":
-        choose(spec, algorithm, DataFacts(), fn=fn)  # refuse now, not inside a worker
+        # Refuse now, not inside a worker, what the shapes and dtype already decide; what
+        # the values decide (NaN, integer magnitude) each block checks as in memory.
+        choose(spec, algorithm, DataFacts(finite=True, integer_fft_safe=True), fn=fn)
         return algorithm
     if spec.batch == 0 or spec.in_channels == 0 or spec.out_channels == 0:
         return "direct"
@@ -317,7 +319,7 @@ def _pinned_algorithm(spec: ConvSpec, algorithm: str, fn: str) -> str:
 
 
 def _block_algorithm(algorithm: str, fallback: bool, *arrays: np.ndarray) -> str:
-    """The pinned algorithm, unless an ``auto`` graph meets NaN/Inf that a transform would smear."""
+    """The pinned algorithm, unless an ``auto`` graph meets NaN/Inf a transform would smear."""
     if not fallback or ALGORITHMS[algorithm].exact:
         return algorithm
     if all(a.dtype.kind in "iu" or np.isfinite(a).all() for a in arrays):
@@ -432,7 +434,8 @@ def convolve(
     check_signal_shapes(a.shape, kernel.shape, fn)
     result = result_dtype(a.dtype, kernel.dtype)
     fill = _check_fillvalue(fillvalue, result, fn) if boundary == "fill" else 0
-    if mode == "valid" and valid_swap_needed(a.shape, kernel.shape, fn) and a.shape != kernel.shape:
+    # SciPy would swap the inputs; a kernel larger than the (big, chunked) array is refused
+    if mode == "valid" and valid_swap_needed(a.shape, kernel.shape, fn):
         raise ValueError(
             f"{fn}: for 'valid' mode the kernel must not be larger than a on any axis, got a of "
             f"shape {a.shape} and kernel of shape {kernel.shape}; compute it in memory with "
@@ -450,7 +453,9 @@ def convolve(
         pad = signal_pad_widths(k, mode)  # (0, 0) for 'valid'
         out_size = size + sum(pad) - k + 1
         # SciPy's centre of a length-k window is its element k // 2 (signal_pad_widths)
-        sizes, axis_windows, widest = _plan_axis(chunks, size, pad, boundary, k // 2, k, 1, out_size)
+        sizes, axis_windows, widest = _plan_axis(
+            chunks, size, pad, boundary, k // 2, k, 1, out_size
+        )
         out_chunks.append(sizes)
         windows.append(axis_windows)
         largest.append(widest)
@@ -586,7 +591,8 @@ def conv(
         _conv_block, weight=weight, bias=bias, stride=spec.stride, dilation=spec.dilation,
         groups=spec.groups, kind=kind, algorithm=pinned, fallback=algorithm == "auto",
     )
-    name = "trueconv-conv-" + tokenize(x.name, weight, bias, spec, pads, padding_mode, kind, pinned)
+    token = tokenize(x.name, weight, bias, spec, pads, padding_mode, kind, pinned)
+    name = "trueconv-conv-" + token
     return _windowed_map(x, windows, out_chunks, func, result, name)
 
 
@@ -648,7 +654,8 @@ def filter_zarr(
     --------
     >>> import numpy as np, zarr, trueconv, tempfile, os
     >>> d = tempfile.mkdtemp()
-    >>> src = zarr.create_array(os.path.join(d, "in.zarr"), shape=(6, 6), chunks=(4, 4), dtype="f8")
+    >>> src = zarr.create_array(os.path.join(d, "in.zarr"), shape=(6, 6), chunks=(4, 4),
+    ...                         dtype="f8")
     >>> src[:] = np.arange(36.0).reshape(6, 6)
     >>> out = trueconv.dask.filter_zarr(os.path.join(d, "in.zarr"), os.path.join(d, "out.zarr"),
     ...                                 np.ones((3, 3)) / 9, progress=False)
@@ -658,18 +665,24 @@ def filter_zarr(
     True
     >>> import shutil; shutil.rmtree(d)
     """
-    import zarr
-
     fn = "trueconv.dask.filter_zarr"
+    try:
+        import zarr
+    except ModuleNotFoundError as exc:
+        raise ImportError(f"{fn} needs zarr: pip install 'trueconv[dask]' ({exc})") from None
     source_path, target_path = os.fspath(source), os.fspath(target)
     if os.path.realpath(source_path) == os.path.realpath(target_path):
         raise ValueError(f"{fn}: target must differ from source, got {source_path!r} for both")
     if os.path.exists(target_path) and not overwrite:
-        raise FileExistsError(f"{fn}: target {target_path!r} exists; pass overwrite=True to replace it")
+        raise FileExistsError(
+            f"{fn}: target {target_path!r} exists; pass overwrite=True to replace it"
+        )
     try:
         stored = zarr.open(source_path, mode="r")
     except Exception as exc:  # zarr raises several types for a missing or foreign store
-        raise ValueError(f"{fn}: cannot open source {source_path!r} as a zarr array ({exc})") from None
+        raise ValueError(
+            f"{fn}: cannot open source {source_path!r} as a zarr array ({exc})"
+        ) from None
     if not isinstance(stored, zarr.Array):
         raise ValueError(f"{fn}: source {source_path!r} is a zarr group, not an array; give the "
                          f"path of one of its arrays")
