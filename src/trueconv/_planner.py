@@ -220,8 +220,11 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         return [float(transforms), freq_macs, float(n * g * (c + o) * tiles * points * itemsize), 1.0]
     if name == "winograd":
         tiles, per_tile = _winograd_tiles(spec)
-        return [float(n * g * c * tiles * per_tile), float(n * g * o * c * tiles * per_tile),
-                float(n * g * o * tiles * per_tile), 1.0]
+        # input and output transforms per tile; the (O, C) products per transform point; the
+        # weight transform G g G^T, redone every call, which dominates for many channels
+        # on small images (512->512 @7)
+        return [float(n * g * (c + o) * tiles * per_tile), float(n * g * o * c * tiles * per_tile),
+                float(g * o * c * per_tile), 1.0]
     return [macs, 1.0]
 
 
