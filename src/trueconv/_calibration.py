@@ -5,14 +5,21 @@ The planner (``_planner.cost_features``) describes each algorithm's work on a
 gathered, BLAS calls, transform points...). The predicted time is the dot
 product of those counts with the coefficients below, one vector per algorithm
 and precision class (``float32``, ``float64``, ``int64``). The coefficients
-were fitted by non-negative least squares on relative error to the median
-times of a fixed training set of shapes (CuPy's ``_convolve_choose.py`` idea,
-with the provenance CuPy's table lacks: machine, date, library versions).
+were fitted by non-negative least squares on relative error to the minimum
+times (over interleaved rounds) of a fixed training set of shapes, from 1x1
+to layer-sized (CuPy's ``_convolve_choose.py`` idea, with the provenance
+CuPy's table lacks: machine, date, thread count, library and BLAS versions).
 
-Regenerate on your machine (takes about a minute; run it on a quiet machine)::
+Regenerate on your machine (takes about a minute)::
 
-    python -m trueconv._calibration            # print the new table
-    python -m trueconv._calibration --write    # and rewrite this file in place
+    python -m trueconv._calibration                        # print the new table
+    python -m trueconv._calibration --threads 1 --write    # and rewrite this file
+
+The table below was measured with one thread: on the shared 2-core machine it
+came from, multi-threaded BLAS timings swung by 10x with the neighbours' load,
+single-threaded ones did not. The model therefore ranks algorithms by their
+single-thread cost, which misjudges algorithms that scale unevenly with
+threads (README, Performance); the autotuner measures the real conditions.
 
 Only the ranking of algorithms matters to the planner, so a table from a
 different machine degrades choices gracefully; ``trueconv.set_autotune(True)``
