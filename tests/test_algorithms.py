@@ -363,6 +363,23 @@ def test_im2col_row_chunks_under_a_small_memory_limit(monkeypatch: pytest.Monkey
     assert_close_scaled(out, conv_reference(x, w, pad_widths=((1, 1), (1, 1))), dtype=np.float64)
 
 
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 5])
+def test_im2col_shared_gemm_for_few_positions(images_per_chunk: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The weight gradient's shape: many taps, a handful of output positions per image.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 13, 12))
+    w = rng.standard_normal((6, 2, 11, 10))
+    spec = canonical_spec(Case("thin", x.shape, w.shape, groups=2, dilation=1), x, w)
+    assert im2col_module.output_positions(spec) < im2col_module.THIN_POSITIONS
+    per_image = spec.in_channels * spec.kernel_size * im2col_module.output_positions(spec) * 8
+    monkeypatch.setattr(im2col_module, "THIN_COLUMN_BYTES", per_image * images_per_chunk)
+    assert im2col_module.column_chunk(spec)[0] == images_per_chunk
+    out = trueconv.conv(x, w, groups=2, algorithm="im2col")
+    assert_close_scaled(out, conv_reference(x, w, groups=2), dtype=np.float64)
+    assert_close_scaled(out, torch_conv(x, w, groups=2), dtype=np.float64)
+
+
 def test_im2col_pointwise_needs_no_workspace() -> None:
     x = np.zeros((2, 6, 5, 7), np.float32)
     w = np.zeros((8, 6, 1, 1), np.float32)

@@ -14,6 +14,11 @@ so no transpose follows. Choices that make it fast and bounded:
   never needs its whole ``C*K x P`` column matrix; :meth:`Im2col.workspace_bytes`
   reports the chunk actually allocated. Each chunk's product is written straight
   into its slice of the output (``out=``), which BLAS accepts as a strided matrix.
+* **Few output positions, many taps** (the weight gradient: ``P`` is the kernel
+  size, ``K`` the image): one GEMM per image would be a few columns wide, so the
+  images of a chunk share one product ``(G, O, C*K) @ (G, C*K, images*P)``,
+  gathered by a single strided copy of ``sliding_window_view`` (measured: the
+  weight gradient of 3x3 64->64 @56 batch 8 fell from 127 ms to 55 ms).
 * **Exactness**: integers stay integers (NumPy's int64 ``matmul`` is exact; the
   engine has already proven that no sum overflows), complex goes to ``zgemm``.
 """
@@ -24,6 +29,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
@@ -31,6 +37,12 @@ from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_v
 
 #: Column-matrix bytes per chunk: big enough for BLAS to run at speed, small enough for L2/L3.
 COLUMN_BYTES = 8 * 2**20
+#: Below this many output positions per image, one GEMM per image is too thin for BLAS
+#: (the weight gradient's problem has P = kernel taps, e.g. 9), so the images of a chunk
+#: share one GEMM: ``(G, O, C*K) @ (G, C*K, images*P)``.
+THIN_POSITIONS = 256
+#: The shared-GEMM layout trades cache locality for a wider product: allow larger chunks.
+THIN_COLUMN_BYTES = 64 * 2**20
 
 
 def is_pointwise(spec: ConvSpec) -> bool:
@@ -46,7 +58,8 @@ def column_chunk(spec: ConvSpec) -> tuple[int, int]:
     otherwise one image and a band of output rows along the first spatial axis
     (at least one row).
     """
-    budget = max(1, min(COLUMN_BYTES, get_memory_limit() // 4))
+    target = THIN_COLUMN_BYTES if output_positions(spec) < THIN_POSITIONS else COLUMN_BYTES
+    budget = max(1, min(target, get_memory_limit() // 4))
     rows_total = spec.output_shape[0]
     rest = math.prod(spec.output_shape[1:])  # positions per output row
     per_row = spec.in_channels * spec.kernel_size * rest * spec.itemsize
@@ -102,6 +115,8 @@ class Im2col:
 
         x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
         images, rows = column_chunk(spec)
+        if p < THIN_POSITIONS and rows == spec.output_shape[0]:
+            return self._run_shared_gemm(x_padded, w, out, images, spec)
         rows_total = spec.output_shape[0]
         rest = p // rows_total  # positions per output row
         buffer = np.empty(min(images, n) * g * c * k * rows * rest, dtype=out.dtype)
@@ -119,4 +134,30 @@ class Im2col:
                 # (nb, G, O, R*rest) = (G, O, C*K) @ (nb, G, C*K, R*rest), into the output slice
                 np.matmul(w, cols.reshape(nb, g, c * k, (r1 - r0) * rest),
                           out=out[n0:n0 + nb, :, :, r0 * rest:r1 * rest])
+        return out.reshape(spec.full_output_shape)
+
+    @staticmethod
+    def _run_shared_gemm(x_padded: np.ndarray, w: np.ndarray, out: np.ndarray, images: int,
+                         spec: ConvSpec) -> np.ndarray:
+        """Few output positions, many taps: the images of a chunk share one wide GEMM."""
+        n, g = spec.batch, spec.groups
+        c, o, k = spec.in_channels_per_group, spec.out_channels_per_group, spec.kernel_size
+        p = output_positions(spec)
+        nd = spec.spatial_ndim
+        lead = x_padded.ndim - nd  # N, G, C
+        # Every window at once as a strided view (N, G, C, *out, *kernel); NumPy's copy loop
+        # then gathers them whatever the ratio of taps to positions.
+        windows = sliding_window_view(x_padded, spec.effective_kernel_shape, axis=tuple(range(lead, lead + nd)))
+        windows = windows[(Ellipsis, *(slice(None, None, s) for s in spec.stride),
+                           *(slice(None, None, d) for d in spec.dilation))]
+        # -> (G, C, *kernel, N, *out): rows C*K, columns images*P
+        order = (1, 2, *range(lead + nd, lead + 2 * nd), 0, *range(lead, lead + nd))
+        windows = windows.transpose(order)
+        for n0 in range(0, n, images):
+            nb = min(images, n - n0)
+            cols = np.empty((g, c, *spec.kernel_shape, nb, *spec.output_shape), dtype=out.dtype)
+            np.copyto(cols, windows[(slice(None),) * (2 + nd) + (slice(n0, n0 + nb),)])
+            # (G, O, nb*P) = (G, O, C*K) @ (G, C*K, nb*P)
+            product = np.matmul(w, cols.reshape(g, c * k, nb * p))
+            out[n0:n0 + nb] = product.reshape(g, o, nb, p).transpose(2, 0, 1, 3)
         return out.reshape(spec.full_output_shape)
