@@ -92,6 +92,10 @@ class Row:
 # Timing
 # ---------------------------------------------------------------------------
 
+#: Untimed idle seconds between two libraries' calls, so spinning worker threads go to sleep.
+SETTLE = 0.02
+
+
 def time_call(call: Callable[[], Any], repeats: int) -> tuple[float, int]:
     """Median seconds of ``repeats`` runs after one warm-up, and how many runs it took."""
     return time_calls({"call": call}, repeats)["call"]
@@ -105,6 +109,12 @@ def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, t
     whichever happened to be running. A call whose warm-up took over
     :data:`SLOW_CALL` seconds is reported from its warm-up alone; the others get
     ``repeats`` runs, fewer (but at least 3, if asked for) when they are slow.
+
+    Between two different calls the machine is left idle for :data:`SETTLE`
+    seconds, untimed: OpenMP (torch) and OpenBLAS worker threads spin-wait for a
+    few milliseconds after each call, and on 2 cores that spinning steals the
+    next library's cores (measured: trueconv's Winograd 6.0 ms alone, 10.1 ms
+    right after a torch call, 6.0 ms after a 10 ms pause).
     """
     counts, times = {}, {}
     for name, call in calls.items():
@@ -122,6 +132,8 @@ def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, t
             if round_ < counts[name]:
                 if round_ == 0:
                     times[name] = []
+                if len(calls) > 1:
+                    time.sleep(SETTLE)
                 start = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)
@@ -508,7 +520,9 @@ def header(threads: int, groups: dict[str, str]) -> list[str]:
         f"- load average at start: {', '.join(f'{x:.2f}' for x in load) if load else 'unknown'}",
         f"- planner: {planner_mode()}",
         "- timing: median of repeats after one warm-up, trueconv and its peers interleaved "
-        "round by round; ratio = fastest peer time / trueconv "
+        f"round by round with {SETTLE * 1e3:.0f} ms untimed idle between libraries (spinning "
+        "OpenMP/OpenBLAS threads would otherwise steal the next one's cores); ratio = fastest "
+        "peer time / trueconv "
         "time (>= 1.0x: trueconv at least as fast); error = max|y - ref| / max|ref| against a "
         "float64 reference",
     ]
