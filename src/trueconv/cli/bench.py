@@ -92,8 +92,8 @@ class Row:
 # Timing
 # ---------------------------------------------------------------------------
 
-#: Untimed idle seconds between two libraries' calls, so spinning worker threads go to sleep.
-SETTLE = 0.02
+#: Untimed idle seconds before each library's block, so other libraries' spinning threads park.
+SETTLE = 0.3
 
 
 def time_call(call: Callable[[], Any], repeats: int) -> tuple[float, int]:
@@ -102,42 +102,40 @@ def time_call(call: Callable[[], Any], repeats: int) -> tuple[float, int]:
 
 
 def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, int]]:
-    """Median seconds (and run count) of each call, timed in interleaved rounds.
+    """Median seconds (and run count) of each call, one library after the other.
 
-    Each call gets one warm-up; then every round runs each call once, so a burst
-    of load on a shared machine slows trueconv and its peers alike instead of
-    whichever happened to be running. A call whose warm-up took over
-    :data:`SLOW_CALL` seconds is reported from its warm-up alone; the others get
-    ``repeats`` runs, fewer (but at least 3, if asked for) when they are slow.
+    Each call gets one warm-up and then ``repeats`` back-to-back runs (fewer, but
+    at least 3 if asked for, when it is slow; a call whose warm-up took over
+    :data:`SLOW_CALL` seconds is reported from its warm-up alone). Before each
+    library's block the machine idles for :data:`SETTLE` seconds, untimed.
 
-    Between two different calls the machine is left idle for :data:`SETTLE`
-    seconds, untimed: OpenMP (torch) and OpenBLAS worker threads spin-wait for a
-    few milliseconds after each call, and on 2 cores that spinning steals the
-    next library's cores (measured: trueconv's Winograd 6.0 ms alone, 10.1 ms
-    right after a torch call, 6.0 ms after a 10 ms pause).
+    Why blocks and not interleaved rounds: OpenMP (torch) and OpenBLAS worker
+    threads spin-wait after each call, for up to about 0.1 s. On 2 cores a library
+    timed right after another one competes with the other's spinning threads
+    (measured: trueconv's Winograd 6.0 ms alone, 10.1 ms right after a torch call;
+    torch's 1x1 conv 0.9 ms alone, 30 ms after an OpenBLAS call and a 20 ms pause).
+    Back-to-back runs of one library are its steady state, which is what a loop
+    over a data set sees.
     """
-    counts, times = {}, {}
+    result = {}
     for name, call in calls.items():
+        if len(calls) > 1:
+            time.sleep(SETTLE)
         start = time.perf_counter()
         call()
         warm = time.perf_counter() - start
-        times[name] = [warm]
         if warm > SLOW_CALL:
-            counts[name] = 0
-        else:
-            # keep each call to about a second of timed runs
-            counts[name] = max(min(3, repeats), min(repeats, int(1.0 / max(warm, 1e-9))))
-    for round_ in range(max(counts.values(), default=0)):
-        for name, call in calls.items():
-            if round_ < counts[name]:
-                if round_ == 0:
-                    times[name] = []
-                if len(calls) > 1:
-                    time.sleep(SETTLE)
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(t), len(t)) for name, t in times.items()}
+            result[name] = (warm, 1)
+            continue
+        # keep each call to about a second of timed runs
+        count = max(min(3, repeats), min(repeats, int(1.0 / max(warm, 1e-9))))
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        result[name] = (statistics.median(times), len(times))
+    return result
 
 
 def max_relative_error(actual: Any, expected: Any) -> float:
@@ -519,9 +517,9 @@ def header(threads: int, groups: dict[str, str]) -> list[str]:
         "- OpenBLAS env: " + ", ".join(f"{k}={'unset' if v is None else v}" for k, v in env.items()),
         f"- load average at start: {', '.join(f'{x:.2f}' for x in load) if load else 'unknown'}",
         f"- planner: {planner_mode()}",
-        "- timing: median of repeats after one warm-up, trueconv and its peers interleaved "
-        f"round by round with {SETTLE * 1e3:.0f} ms untimed idle between libraries (spinning "
-        "OpenMP/OpenBLAS threads would otherwise steal the next one's cores); ratio = fastest "
+        "- timing: median of back-to-back repeats after one warm-up, one library at a time "
+        f"with {SETTLE:.1f} s untimed idle before each (spinning OpenMP/OpenBLAS threads of "
+        "the previous library would otherwise steal its cores); ratio = fastest "
         "peer time / trueconv "
         "time (>= 1.0x: trueconv at least as fast); error = max|y - ref| / max|ref| against a "
         "float64 reference",
