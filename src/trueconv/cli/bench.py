@@ -584,6 +584,7 @@ def plot(rows: list[Row], path: str) -> None:
         raise ImportError("trueconv bench --plot needs matplotlib: pip install 'trueconv[bench]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     shown = [r for r in rows if r.ratio is not None and r.case.group != "algorithms"]
     labels = [f"{r.case.label} {r.case.dtype}" for r in shown]
@@ -596,6 +597,10 @@ def plot(rows: list[Row], path: str) -> None:
         ax.annotate(f"{ratio:.2f}x", (ratio, index), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=6)
     ax.set_xscale("log")
+    # plain tick labels at round ratios; the default log labels overlap on a narrow range
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50) if min(ratios) / 2 <= t <= max(ratios) * 2]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yticks(range(len(shown)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("fastest peer time / trueconv time (>1: trueconv faster)")
