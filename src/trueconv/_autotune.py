@@ -347,6 +347,10 @@ def _budget() -> float:
         return DEFAULT_BUDGET
 
 
+#: Untimed idle seconds before each candidate's timed runs.
+SETTLE = 0.05
+
+
 def measure(spec: ConvSpec, chunks: dict[str, int], budget: float | None = None) -> dict[str, float]:
     """Median seconds of each candidate on the whole batch (timed per chunk, then scaled).
 
@@ -375,6 +379,10 @@ def measure(spec: ConvSpec, chunks: dict[str, int], budget: float | None = None)
         scale = -(-spec.batch // chunk)  # chunks per call
         one = spec.with_batch(1)
         run(x[:1], w, one)  # warm-up
+        if len(names) > 1:
+            # Let the previous candidate's spinning BLAS/worker threads park: on 2 cores they
+            # would otherwise slow this candidate down (see trueconv.cli.bench.time_calls).
+            time.sleep(SETTLE)
         start = time.perf_counter()
         run(x[:1], w, one)
         probe = (time.perf_counter() - start) * spec.batch
