@@ -14,14 +14,17 @@ product per transform point ``t`` (this is where the time goes, in BLAS)::
     M[t] = V[t] @ U[t]       (T, tiles, C) @ (T, C, O) -> (T, tiles, O)   per group
 
 The input transform ``V = B^T d B`` and the output transform ``A^T M A`` are
-compiled (Numba) loops. They apply the 1-D transforms axis by axis, skip zero
-coefficients, and run their inner loops over the contiguous channel axis (the
-input is gathered channels-last one block at a time, in cache). The work is cut
-into blocks of tiles (whole images, bands of tile rows or pieces of a row, see
-:func:`tile_blocks`); worker threads take whole blocks (transform in, GEMM,
-transform out) with one BLAS thread each, so the workspace is a few blocks
-whatever the image size. Ragged borders: tiles past the output's end read
-implicit zeros and their extra outputs are dropped.
+compiled (Numba) loops. They apply the 1-D transforms axis by axis (the 4- and
+6-point ones written out, each output one fused multiply-add chain), and run
+their inner loops over the contiguous channel axis (the input is gathered
+channels-last one block at a time, in cache). The work is cut into blocks of
+tiles (whole images, bands of tile rows or pieces of a row, see
+:func:`tile_blocks`); the calling thread and the threads of a persistent pool
+take whole blocks (transform in, GEMM, transform out) with one BLAS thread
+each, so the workspace is a few blocks whatever the image size. The weight
+transform ``U`` is one small GEMM per input channel written straight into its
+GEMM layout. Ragged borders: tiles past the output's end read implicit zeros
+and their extra outputs are dropped.
 
 Transforms, generated exactly by Toom-Cook interpolation (checked in rational
 arithmetic by ``tests/test_algorithms.py::test_winograd_matrices_exact``):
@@ -38,10 +41,10 @@ tile      dims   C=4 f32   C=64 f32  C=256 f32  C=64 f64  direct f32, C=64
 ========  =====  ========  ========  =========  ========  ==================
 F(2, 3)   1-D    1.3e-7    2.3e-7    5.6e-7     7.5e-16   3.1e-7
 F(2, 3)   2-D    1.7e-7    3.7e-7    5.0e-7     1.1e-15   4.5e-7
-F(2, 3)   3-D    2.5e-7    4.0e-7    6.8e-7     1.4e-15   1.1e-6
-F(4, 3)   1-D    5.4e-7    1.4e-6    2.5e-6     2.5e-15   2.5e-7
-F(4, 3)   2-D    2.8e-6    5.9e-6    1.1e-5     1.3e-14   5.3e-7
-F(4, 3)   3-D    1.7e-5    1.6e-5    4.1e-5     3.8e-14   8.0e-7
+F(2, 3)   3-D    2.1e-7    4.0e-7    7.4e-7     1.4e-15   1.1e-6
+F(4, 3)   1-D    5.4e-7    1.3e-6    2.5e-6     2.3e-15   2.5e-7
+F(4, 3)   2-D    2.3e-6    5.3e-6    1.1e-5     1.1e-14   5.3e-7
+F(4, 3)   3-D    1.3e-5    1.8e-5    4.2e-5     5.2e-14   8.0e-7
 ========  =====  ========  ========  =========  ========  ==================
 
 F(2, 3) is as accurate as direct float32 summation; F(4, 3) loses about one
@@ -51,18 +54,25 @@ is an envelope of this table (about twice each entry); :meth:`Winograd.tile_size
 uses it to fall back to F(2, 3) where F(4, 3) would exceed the float32
 tolerance.
 
-Speed (``_measure_speed``; float32, one thread, CPU ms per call, measured on a
-2-core AVX-512 machine shared with other jobs, so +-20%): 3x3 64->64 @56 batch 8:
-12.3 (torch 10.8, im2col 29); 128->128 @28: 9.2 (torch 10.0); 256->256 @14: 11.5
-(torch 9.5); 512->512 @7: 24 (torch 10.7; four tiles per image and a 9.4M-entry
-weight transform: Winograd does not pay there). 3-D 3x3x3 16->16 @16x32x32
-batch 8: 43 (im2col 61, torch 16); 1-D k=3 64->64 L=4096 batch 8: 18 (im2col 13,
-torch 7), so in 1-D it serves explicit requests but rarely pays.
+Speed (float32, padding 1, wall ms per call through ``trueconv.conv``, median of
+blocks of back-to-back calls, 2-core AVX-512 VM, 1 thread / 2 threads, torch
+with the same thread count in brackets; the VM's speed drifts by +-20%):
+3x3 64->64 @56 batch 1: 0.9-1.2 / 1.2 (torch 1.2-1.5 / 0.8); batch 8: 7.3-9.9 /
+4.8-5.7 (torch 9.9-11.6 / 5.3-5.9); 128->128 @28 batch 1: 1.2-1.4 / 1.3 (torch
+1.2-1.5 / 0.8); batch 8: 6.0-8.6 / 4.8 (torch 9.0-11.3 / 5.4-5.7); 256->256 @14
+batch 1: 2.3-3.7 / 3.2 (torch 1.3-1.6 / 0.8; the 2.4M-entry weight transform,
+redone per call, dominates); batch 8: 7.3-9.0 / 5.5-5.9 (torch 9.1-10.8 /
+5.4-5.8). One thread: 512->512 @7 batch 8: 18.5 (im2col 12, torch 11; four
+tiles per image and a 9.4M-entry weight transform: Winograd does not pay
+there); 3-D 3x3x3 16->16 @16x32x32 batch 8: 16 (im2col 40, torch 14); 1-D k=3
+64->64 L=4096 batch 8: 12 (im2col 7, torch 6.5), so in 1-D it serves explicit
+requests but rarely pays.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +139,9 @@ FLOAT32_TOLERANCE = 1e-4
 CHUNK_BYTES = 2 * 2**20
 #: ... but a block needs enough tiles (GEMM rows) for BLAS to run near its peak.
 MIN_BLOCK_TILES = 128
+#: Work is spread over threads only in blocks of at least this many tiles (batch-1 layers
+#: of 128 channels @28 and 256 @14 ran about 1.4x slower on 2 threads than on 1 without it).
+MIN_SPLIT_TILES = 64
 
 
 def error_bound_for(m: int, spatial_ndim: int, in_channels: int, dtype: object) -> float:
@@ -144,6 +157,24 @@ def transform_arrays(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, n
     at, g, bt = TRANSFORMS[m] if m > 1 else _IDENTITY
     return (np.array(at, dtype=dtype), np.array([[float(v) for v in row] for row in g]),
             np.array(bt, dtype=dtype))
+
+
+_CALL_TRANSFORMS: dict[tuple[int, int, str], Any] = {}
+
+
+def _call_transforms(m: int, nd: int, dtype: np.dtype) -> Any:
+    """``((A^T, B^T) per axis D, H, W, kron(Gd, Gh, Gw))`` of an ``nd``-D F(m, 3) run, cached.
+
+    Building them from the Fraction tables costs about 0.1 ms, worth saving on small layers.
+    The arrays are shared between calls and threads and never written.
+    """
+    key = (m, nd, np.dtype(dtype).name)
+    found = _CALL_TRANSFORMS.get(key)
+    if found is None:
+        axes = [transform_arrays(1, dtype)] * (3 - nd) + [transform_arrays(m, dtype)] * nd
+        kron = np.kron(np.kron(axes[0][1], axes[1][1]), axes[2][1]).astype(dtype)
+        found = _CALL_TRANSFORMS[key] = (*((at, bt) for at, _, bt in axes), kron)
+    return found
 
 
 # ---------------------------------------------------------------------------
@@ -196,29 +227,75 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
             for th in range(h1 - h0):
                 for a in range(ad):
                     # stage H for a whole row of tiles: contiguous (width x channels) loops
+                    # (alpha 6 and 4 are written out: one store per output and the
+                    # coefficients in registers, instead of a zero-and-accumulate pass
+                    # through memory per nonzero coefficient; 0 * d adds nothing to finite data)
+                    r0 = th * mh
                     for bb in range(ah):
-                        for xx in range(bw):
-                            for c in range(nc):
-                                t2[bb, xx, c] = 0
-                        for j in range(ah):
-                            b = bth[bb, j]
-                            if b != 0:
-                                for xx in range(bw):
-                                    for c in range(nc):
-                                        t2[bb, xx, c] += b * src[a, th * mh + j, xx, c]
+                        if ah == 6:
+                            b0, b1, b2 = bth[bb, 0], bth[bb, 1], bth[bb, 2]
+                            b3, b4, b5 = bth[bb, 3], bth[bb, 4], bth[bb, 5]
+                            for xx in range(bw):
+                                for c in range(nc):
+                                    t2[bb, xx, c] = (b0 * src[a, r0, xx, c]
+                                                     + b1 * src[a, r0 + 1, xx, c]
+                                                     + b2 * src[a, r0 + 2, xx, c]
+                                                     + b3 * src[a, r0 + 3, xx, c]
+                                                     + b4 * src[a, r0 + 4, xx, c]
+                                                     + b5 * src[a, r0 + 5, xx, c])
+                        elif ah == 4:
+                            b0, b1, b2, b3 = bth[bb, 0], bth[bb, 1], bth[bb, 2], bth[bb, 3]
+                            for xx in range(bw):
+                                for c in range(nc):
+                                    t2[bb, xx, c] = (b0 * src[a, r0, xx, c]
+                                                     + b1 * src[a, r0 + 1, xx, c]
+                                                     + b2 * src[a, r0 + 2, xx, c]
+                                                     + b3 * src[a, r0 + 3, xx, c])
+                        else:
+                            for xx in range(bw):
+                                for c in range(nc):
+                                    t2[bb, xx, c] = 0
+                            for j in range(ah):
+                                b = bth[bb, j]
+                                if b != 0:
+                                    for xx in range(bw):
+                                        for c in range(nc):
+                                            t2[bb, xx, c] += b * src[a, r0 + j, xx, c]
                     # stage W, tile by tile along the row
                     for bb in range(ah):
                         for k in range(aw):
                             t = (a * ah + bb) * aw + k
-                            for tw in range(cw):
-                                for c in range(nc):
-                                    v[t, tile + tw, c] = 0
-                            for j in range(aw):
-                                b = btw[k, j]
-                                if b != 0:
-                                    for tw in range(cw):
-                                        for c in range(nc):
-                                            v[t, tile + tw, c] += b * t2[bb, tw * mw + j, c]
+                            if aw == 6:
+                                b0, b1, b2 = btw[k, 0], btw[k, 1], btw[k, 2]
+                                b3, b4, b5 = btw[k, 3], btw[k, 4], btw[k, 5]
+                                for tw in range(cw):
+                                    s0 = tw * mw
+                                    for c in range(nc):
+                                        v[t, tile + tw, c] = (b0 * t2[bb, s0, c]
+                                                              + b1 * t2[bb, s0 + 1, c]
+                                                              + b2 * t2[bb, s0 + 2, c]
+                                                              + b3 * t2[bb, s0 + 3, c]
+                                                              + b4 * t2[bb, s0 + 4, c]
+                                                              + b5 * t2[bb, s0 + 5, c])
+                            elif aw == 4:
+                                b0, b1, b2, b3 = btw[k, 0], btw[k, 1], btw[k, 2], btw[k, 3]
+                                for tw in range(cw):
+                                    s0 = tw * mw
+                                    for c in range(nc):
+                                        v[t, tile + tw, c] = (b0 * t2[bb, s0, c]
+                                                              + b1 * t2[bb, s0 + 1, c]
+                                                              + b2 * t2[bb, s0 + 2, c]
+                                                              + b3 * t2[bb, s0 + 3, c])
+                            else:
+                                for tw in range(cw):
+                                    for c in range(nc):
+                                        v[t, tile + tw, c] = 0
+                                for j in range(aw):
+                                    b = btw[k, j]
+                                    if b != 0:
+                                        for tw in range(cw):
+                                            for c in range(nc):
+                                                v[t, tile + tw, c] += b * t2[bb, tw * mw + j, c]
                 tile += cw
 
 
@@ -241,28 +318,73 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
     for n in range(n0, n1):
         for td in range(d0, d1):
             for th in range(h0, h1):
+                # (alpha 6 and 4 written out, as in _input_transform)
                 for ab in range(ad * ah):
+                    k0 = ab * aw
                     for u in range(mw):
-                        for tw in range(cw):
-                            for o in range(no):
-                                r1[ab, tw * mw + u, o] = 0
-                        for k in range(aw):
-                            b = atw[u, k]
-                            if b != 0:
-                                for tw in range(cw):
-                                    for o in range(no):
-                                        r1[ab, tw * mw + u, o] += b * mm[ab * aw + k, tile + tw, o]
+                        if aw == 6:
+                            b0, b1, b2 = atw[u, 0], atw[u, 1], atw[u, 2]
+                            b3, b4, b5 = atw[u, 3], atw[u, 4], atw[u, 5]
+                            for tw in range(cw):
+                                q = tile + tw
+                                for o in range(no):
+                                    r1[ab, tw * mw + u, o] = (b0 * mm[k0, q, o]
+                                                              + b1 * mm[k0 + 1, q, o]
+                                                              + b2 * mm[k0 + 2, q, o]
+                                                              + b3 * mm[k0 + 3, q, o]
+                                                              + b4 * mm[k0 + 4, q, o]
+                                                              + b5 * mm[k0 + 5, q, o])
+                        elif aw == 4:
+                            b0, b1, b2, b3 = atw[u, 0], atw[u, 1], atw[u, 2], atw[u, 3]
+                            for tw in range(cw):
+                                q = tile + tw
+                                for o in range(no):
+                                    r1[ab, tw * mw + u, o] = (b0 * mm[k0, q, o]
+                                                              + b1 * mm[k0 + 1, q, o]
+                                                              + b2 * mm[k0 + 2, q, o]
+                                                              + b3 * mm[k0 + 3, q, o])
+                        else:
+                            for tw in range(cw):
+                                for o in range(no):
+                                    r1[ab, tw * mw + u, o] = 0
+                            for k in range(aw):
+                                b = atw[u, k]
+                                if b != 0:
+                                    for tw in range(cw):
+                                        for o in range(no):
+                                            r1[ab, tw * mw + u, o] += b * mm[k0 + k, tile + tw, o]
                 for a in range(ad):
+                    j0 = a * ah
                     for vv in range(mh):
-                        for col in range(cw * mw):
-                            for o in range(no):
-                                r2[a, vv, col, o] = 0
-                        for bb in range(ah):
-                            b = ath[vv, bb]
-                            if b != 0:
-                                for col in range(cw * mw):
-                                    for o in range(no):
-                                        r2[a, vv, col, o] += b * r1[a * ah + bb, col, o]
+                        if ah == 6:
+                            b0, b1, b2 = ath[vv, 0], ath[vv, 1], ath[vv, 2]
+                            b3, b4, b5 = ath[vv, 3], ath[vv, 4], ath[vv, 5]
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = (b0 * r1[j0, col, o]
+                                                         + b1 * r1[j0 + 1, col, o]
+                                                         + b2 * r1[j0 + 2, col, o]
+                                                         + b3 * r1[j0 + 3, col, o]
+                                                         + b4 * r1[j0 + 4, col, o]
+                                                         + b5 * r1[j0 + 5, col, o])
+                        elif ah == 4:
+                            b0, b1, b2, b3 = ath[vv, 0], ath[vv, 1], ath[vv, 2], ath[vv, 3]
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = (b0 * r1[j0, col, o]
+                                                         + b1 * r1[j0 + 1, col, o]
+                                                         + b2 * r1[j0 + 2, col, o]
+                                                         + b3 * r1[j0 + 3, col, o])
+                        else:
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = 0
+                            for bb in range(ah):
+                                b = ath[vv, bb]
+                                if b != 0:
+                                    for col in range(cw * mw):
+                                        for o in range(no):
+                                            r2[a, vv, col, o] += b * r1[j0 + bb, col, o]
                 hn = min(mh, hout - th * mh)
                 for z in range(min(md, dout - td * md)):
                     if ad == 1:
@@ -300,7 +422,10 @@ def _kernels() -> tuple[Any, Any]:
         # The kernels' `prange` is plain `range` until Numba compiles them.
         globals()["prange"] = nb.prange
         # Serial kernels that release the GIL: run() parallelizes over tile blocks with threads.
-        options = dict(parallel=False, cache=True, fastmath=False, nogil=True, boundscheck=False)
+        # fastmath: only "contract" (fused multiply-adds: as accurate or more, and about 1.4x
+        # faster transforms); no reassociation, so the summation order is kept.
+        options = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
+                       boundscheck=False)
         _COMPILED["input"] = nb.njit(**options)(_input_transform)
         _COMPILED["output"] = nb.njit(**options)(_output_transform)
     return _COMPILED["input"], _COMPILED["output"]
@@ -457,15 +582,19 @@ class Winograd:
         """Return ``(target tiles per block, worker threads)`` for a run of ``spec``."""
         total = spec.batch * math.prod(tile_grid(spec.output_shape, m))
         threads = max(1, get_num_threads())
-        # at least one block per thread when there is enough work
-        target = min(self._block_target(spec, m + 2), max(1, -(-total // threads)))
+        # at least one block per thread when there is enough work: blocks under
+        # MIN_SPLIT_TILES are not worth a thread (each re-reads all of U, runs a skinnier GEMM
+        # and pays a thread handoff)
+        split = max(MIN_SPLIT_TILES, -(-total // threads))
+        target = min(self._block_target(spec, m + 2), split)
         return target, max(1, min(threads, -(-total // target)))
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
         """Bytes allocated besides ``x``, ``weight`` and the output.
 
-        The transformed weights ``U`` (plus the gathered taps they are made
-        from) and, per worker thread, one block's ``V`` and ``M`` and the
+        The transformed weights ``U`` (plus a converted copy of the taps they
+        are made from, when the weight is not already contiguous in the compute
+        dtype) and, per worker thread, one block's ``V`` and ``M`` and the
         compiled kernels' scratch (the block's channels-last input band and
         output rows). Independent of the image size beyond one block, so a
         single huge image stays bounded. A non-contiguous ``x`` is copied once
@@ -511,27 +640,37 @@ class Winograd:
         x5 = x5.reshape(n, spec.in_channels, *_as_3d(spec.input_shape, 1))
         lows = _as_3d(tuple(lo for lo, _ in spec.pad_widths), 0)
 
-        # Per-axis transforms; leading untiled axes of 1-D/2-D problems get 1x1 identities.
-        axes = [transform_arrays(1, dtype)] * (3 - nd) + [transform_arrays(m, dtype)] * nd
-        (atd, gd, btd), (ath, gh, bth), (atw, gw, btw) = axes
+        # Per-axis transforms (leading untiled axes of 1-D/2-D problems get 1x1 identities)
+        # and kron(Gd, Gh, Gw), built once per (m, nd, dtype).
+        (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
         steps = _as_3d((m,) * nd, 1)
-
-        # U = G g G^T on every axis, once per call, laid out (T, G, C, O) for the GEMM:
-        # (T, G*C*O) = kron(Gd, Gh, Gw) (T, K) @ (K, G*C*O). kron is formed in float64 and
-        # rounded once; the product runs in the compute dtype (each U entry is a sum of at
-        # most 27 terms, an error far below the transforms' own).
-        taps = weight.reshape(g, o, c, spec.kernel_size).transpose(3, 0, 2, 1)
-        taps = np.ascontiguousarray(taps, dtype=dtype).reshape(spec.kernel_size, g * c * o)
-        kron = np.kron(np.kron(gd, gh), gw).astype(dtype)
-        u = np.matmul(kron, taps).reshape(t, g, c, o)
 
         out = np.empty((n, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
         full_grid = (n, *_as_3d(grid, 1))
         target, workers = self._block_plan(spec, m)
         blocks = tile_blocks(full_grid, target)
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
+        workers = min(workers, len(blocks))
 
-        def worker(queue: Iterator[tuple[int, ...]]) -> None:
+        # U = G g G^T on every axis, once per call, laid out (T, G, C, O) for the GEMMs (which
+        # run markedly slower on a transposed U): per (group, input channel) one small product
+        # (T, O) = kron(Gd, Gh, Gw) (T, K) @ taps (K, O), the taps read in place (a strided
+        # BLAS operand, no transposing copy) and the result written straight into U. kron is
+        # formed in float64 and rounded once; the products run in the compute dtype (each U
+        # entry is a sum of at most 27 terms, an error far below the transforms' own). Large
+        # weights split the input channels over the threads.
+        taps = np.ascontiguousarray(weight, dtype=dtype).reshape(g, o, c, spec.kernel_size)
+        taps = taps.transpose(0, 2, 3, 1)  # (G, C, K, O) view
+        u = np.empty((t, g, c, o), dtype=dtype)
+        u_gcto = u.transpose(1, 2, 0, 3)
+        parts = min(max(1, get_num_threads()), c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
+        cuts = [c * k // parts for k in range(parts + 1)]
+        _run_parallel([lambda a=a, b=b: np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
+                       for a, b in zip(cuts[:-1], cuts[1:])])
+
+        queue = _LockedIterator(blocks)
+
+        def worker() -> None:
             # Each worker owns its V and M buffers and runs whole blocks: transform in,
             # GEMM, transform out, while the block is still in its core's cache.
             v_buffer = np.empty(t * g * c * block_tiles, dtype=dtype)
@@ -554,15 +693,14 @@ class Winograd:
                     np.matmul(vg.transpose(0, 2, 1, 3), u, out=mm.transpose(0, 2, 1, 3))
                 output_kernel(mm.reshape(t, tiles, g * o), atd, ath, atw, *block, out)
 
-        workers = min(workers, len(blocks))
-        if workers == 1:
-            worker(iter(blocks))
-        else:
-            queue = _LockedIterator(blocks)
-            with ThreadPoolExecutor(workers, thread_name_prefix="trueconv-winograd") as pool:
-                for future in [pool.submit(worker, queue) for _ in range(workers)]:
-                    future.result()
+        _run_parallel([worker] * workers)
         return out.reshape(spec.full_output_shape)
+
+
+#: Below this many U entries (T * G * C * O) the weight transform runs in one thread: a
+#: handoff to a pool thread costs 30-120 us on this (virtualized) machine, and 1M entries
+#: take about 0.4 ms.
+_PARALLEL_WEIGHT_ENTRIES = 1 << 20
 
 
 class _LockedIterator:
@@ -578,6 +716,54 @@ class _LockedIterator:
     def __next__(self) -> tuple[int, ...]:
         with self._lock:
             return next(self._items)
+
+
+# A persistent pool: starting threads per call cost about 0.2 ms, a tenth of a small layer.
+# It is rebuilt lazily after fork (a child inherits the object but not its threads).
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _reset_pool_after_fork() -> None:  # pragma: no cover - runs in forked children
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+
+
+def _get_pool(size: int) -> ThreadPoolExecutor:
+    """The shared pool, grown to at least ``size`` threads."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < size:
+            old = _pool
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="trueconv-winograd")
+            _pool_size = size
+            if old is not None:
+                old.shutdown(wait=False)  # its idle threads exit; running tasks finish
+        return _pool
+
+
+def _run_parallel(tasks: list[Any]) -> None:
+    """Run the callables, the first in the calling thread and the rest in the shared pool.
+
+    The tasks never wait on one another, so calls from several threads sharing the pool
+    only queue, never deadlock. The first exception is raised after all tasks finished.
+    """
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    futures = [_get_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
+    try:
+        tasks[0]()
+    finally:
+        for future in futures:
+            future.exception()  # wait for every task before the buffers go away
+    for future in futures:
+        future.result()
 
 
 _blas_lock = threading.Lock()
