@@ -356,7 +356,6 @@ def test_float_types_only_for_npy_and_tiff(tmp_path, capsys, argv, match):
 
 def test_format_limits(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "rgb16.tif", rng_image((6, 6, 3), np.uint16), photometric="rgb")
-    fail(capsys, tmp_path / "rgb16.tif", tmp_path / "o.png", "-k", "box:2", match="16-bit PNG is written for grayscale only")
     fail(capsys, tmp_path / "rgb16.tif", tmp_path / "o.jpg", "-k", "box:2", match="JPEG stores 8 bits")
     Image.fromarray(rng_image((6, 6, 4))).save(tmp_path / "rgba.png")
     fail(capsys, tmp_path / "rgba.png", tmp_path / "o.jpg", "-k", "box:2", match="JPEG cannot store the alpha")
@@ -439,16 +438,49 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def test_16bit_colour_png_refused(tmp_path, capsys):
-    # Pillow would read it as 8-bit RGB without a word; build one by hand.
-    height, width = 4, 5
-    rows = b"".join(b"\x00" + rng_image((width, 3), np.uint16, seed=r).astype(">u2").tobytes() for r in range(height))
-    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
-           + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
-    (tmp_path / "rgb16.png").write_bytes(png)
-    with Image.open(tmp_path / "rgb16.png") as image:
-        assert image.mode == "RGB"  # the silent reduction this test guards against
-    fail(capsys, tmp_path / "rgb16.png", tmp_path / "o.tif", "-k", "box:3", match="16-bit colour PNG")
+def _png16_bytes(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG built by hand from the spec (independent of every PNG library)."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[r].astype(">u2").tobytes() for r in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+
+
+def _png16_decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode a non-interlaced 16-bit PNG written with filter type 0 or any filter, by pypng's rows."""
+    import png
+
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    assert info["bitdepth"] == 16
+    array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return array.reshape(height, width, info["planes"]), data[25]
+
+
+@pytest.mark.parametrize("colour_type, planes", [(2, 3), (6, 4), (4, 2)])
+def test_16bit_colour_png_round_trip(tmp_path, capsys, colour_type, planes):
+    # Pillow would read these as 8 bits without a word: trueconv must keep all 16.
+    pixels = rng_image((9, 11, planes), np.uint16, seed=colour_type)
+    (tmp_path / "in.png").write_bytes(_png16_bytes(pixels, colour_type))
+    ok(capsys, tmp_path / "in.png", tmp_path / "out.png", "-k", "box:3", "--algorithm", "direct")
+    result, written_type = _png16_decode((tmp_path / "out.png").read_bytes())
+    assert written_type == colour_type and result.shape == pixels.shape
+    colour = pixels[..., :-1] if planes in (2, 4) else pixels
+    expected = to_int(oracle(colour if colour.shape[-1] > 1 else colour[..., 0], np.full((3, 3), 1 / 9)),
+                      np.uint16)
+    got = result[..., :-1] if planes in (2, 4) else result
+    np.testing.assert_array_equal(got if got.shape[-1] > 1 else got[..., 0], expected)
+    if planes in (2, 4):
+        np.testing.assert_array_equal(result[..., -1], pixels[..., -1])  # alpha kept, 16 bits
+    assert (result > 255).any() and (result % 257 != 0).any()
+
+
+def test_16bit_rgb_tiff_to_png_keeps_16_bits(tmp_path, capsys):
+    pixels = rng_image((6, 7, 3), np.uint16, seed=4)
+    tifffile.imwrite(tmp_path / "rgb16.tif", pixels, photometric="rgb")
+    ok(capsys, tmp_path / "rgb16.tif", tmp_path / "o.png", "-k", "box:2", "--algorithm", "direct")
+    result, colour_type = _png16_decode((tmp_path / "o.png").read_bytes())
+    assert colour_type == 2
+    np.testing.assert_array_equal(result, to_int(oracle(pixels, np.full((2, 2), 1 / 4)), np.uint16))
 
 
 def test_decompression_bomb(tmp_path, capsys, monkeypatch, card):

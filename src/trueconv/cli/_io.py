@@ -11,8 +11,9 @@ channels last) in its stored integer or float type, with the alpha channel,
 if any, kept apart so the filter never touches it. Conversions are explicit:
 palette images become RGB or RGBA, bilevel becomes 8-bit gray, CMYK and YCbCr
 become RGB, and the EXIF orientation is applied (the output is what a viewer
-showed). 16-bit colour PNG is refused, because Pillow silently reduces it to
-8 bits; 16-bit TIFF of any layout goes through tifffile and keeps 16 bits.
+showed). 16-bit colour PNG (RGB, RGBA, gray+alpha) goes through pypng, because
+Pillow silently reduces it to 8 bits; 16-bit TIFF of any layout goes through
+tifffile; both keep 16 bits.
 
 Outputs are written to a temporary file in the destination directory and
 moved into place with ``os.replace``, so a failed run leaves nothing behind
@@ -193,8 +194,7 @@ def _pillow_picture(path: Path) -> Picture:
                     raise CLIError(f"{_name(path)} has {image.n_frames} frames; only single-frame "
                                    f"images are supported")
                 if image.format == "PNG" and _png_is_16bit_colour(path):
-                    raise CLIError(f"{_name(path)} is a 16-bit colour PNG, which Pillow would reduce "
-                                   f"to 8 bits; convert it to a 16-bit TIFF first")
+                    return _png16_picture(path)
                 image.load()
                 format = "JPEG" if image.format == "MPO" else image.format
                 return _from_pillow(path, ImageOps.exif_transpose(image), format)
@@ -206,6 +206,43 @@ def _pillow_picture(path: Path) -> Picture:
         # UnidentifiedImageError, "image file is truncated", broken chunks and CRCs...
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CLIError(f"cannot decode {_name(path)}: {message}") from None
+
+
+def _pypng() -> object:
+    try:
+        import png
+    except ImportError:
+        raise CLIError("16-bit colour PNG needs pypng: pip install 'trueconv[images]'") from None
+    return png
+
+
+def _png16_picture(path: Path) -> Picture:
+    """A 16-bit colour PNG, decoded by pypng (Pillow would keep only 8 bits per channel)."""
+    png = _pypng()
+
+    try:
+        with open(path, "rb") as handle:  # pypng's filename= form leaves the file open
+            width, height, rows, info = png.Reader(file=handle).asDirect()
+            planes = info["planes"]
+            array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except (png.Error, OSError, ValueError, EOFError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CLIError(f"cannot decode {_name(path)}: {message}") from None
+    array = array.reshape(height, width, planes)
+    if info["greyscale"] and not info["alpha"]:
+        array = array[..., 0]
+    return Picture(*_split_alpha(array, bool(info["alpha"])), format="PNG")
+
+
+def _write_png16(temporary: Path, data: np.ndarray) -> None:
+    """Write uint16 ``(H, W, C)`` data (gray+alpha, RGB or RGBA) as a 16-bit PNG with pypng."""
+    png = _pypng()
+
+    height, width, planes = data.shape
+    writer = png.Writer(width=width, height=height, greyscale=planes in (1, 2),
+                        alpha=planes in (2, 4), bitdepth=16)
+    with open(temporary, "wb") as handle:
+        writer.write(handle, data.reshape(height, width * planes))
 
 
 def _from_pillow(path: Path, image: object, format: str) -> Picture:
@@ -378,9 +415,6 @@ def check_writable(format: str, dtype: np.dtype, channels: int, has_alpha: bool,
         if channels not in (1, 3):
             raise CLIError(f"JPEG stores 1 or 3 channels, the result has {channels}")
     if format == "PNG":
-        if dtype == np.uint16 and (channels != 1 or has_alpha):
-            raise CLIError("16-bit PNG is written for grayscale only (Pillow writes 8-bit colour "
-                           "PNG): write a .tif to keep 16-bit colour, or pass --output-dtype uint8")
         if dtype not in (np.uint8, np.uint16):
             raise CLIError(f"PNG stores uint8 or uint16, but the result is {dtype}: pass "
                            f"--output-dtype uint8 or uint16, or write .tif/.npy")
@@ -409,6 +443,8 @@ def write_output(target: Path, format: str, picture: Picture, force: bool) -> No
                 extrasamples=("unassalpha",) if picture.alpha is not None else None,
                 planarconfig="contig" if data.ndim == 3 else None,
             )
+        elif format == "PNG" and picture.pixels.dtype == np.uint16 and _stack(picture).ndim == 3:
+            _write_png16(temporary, _stack(picture))  # Pillow cannot write 16-bit colour PNG
         else:
             from PIL import Image
 
