@@ -50,13 +50,16 @@ def prepare_conv(
     kind: str,
     algorithm: str,
     fn: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvSpec, bool, np.dtype]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvSpec, bool, np.dtype,
+           tuple[tuple[int, int], ...]]:
     """Validate a call and return its canonical operands.
 
-    Returns ``(x, weight, bias, spec, batched, result_dtype)`` where ``x`` is
-    batched, padding-mode padded and in the compute dtype, and ``weight`` is in
-    the compute dtype and flipped for ``kind="convolution"``. Shared by the
-    forward pass and the gradients.
+    Returns ``(x, weight, bias, spec, batched, result_dtype, mode_pad_widths)``
+    where ``x`` is batched, padding-mode padded and in the compute dtype,
+    ``weight`` is in the compute dtype and flipped for ``kind="convolution"``,
+    and ``mode_pad_widths`` are the pads the ``padding_mode`` pre-pass applied
+    (the gradient scatters them back). Shared by the forward pass and the
+    gradients.
     """
     x = as_array(x, "input", fn)
     weight = as_array(weight, "weight", fn)
@@ -79,7 +82,7 @@ def prepare_conv(
     weight = weight.astype(compute, copy=False)
     if kind == "convolution":
         weight = flip_spatial(weight, spec.spatial_ndim)
-    return x, weight, bias_array, spec, batched, result
+    return x, weight, bias_array, spec, batched, result, mode_pads
 
 
 def finish(out: np.ndarray, bias: np.ndarray | None, batched: bool, result: np.dtype, fn: str) -> np.ndarray:
@@ -95,7 +98,7 @@ def conv_with_plan(
     padding_mode="zeros", kind="correlation", algorithm="auto", fn="conv",
 ) -> tuple[np.ndarray, Plan]:
     """:func:`conv` that also returns the :class:`~trueconv._planner.Plan` that ran."""
-    xc, wc, b, spec, batched, result = prepare_conv(
+    xc, wc, b, spec, batched, result, _ = prepare_conv(
         x, weight, bias, stride, padding, dilation, groups, padding_mode, kind, algorithm, fn
     )
     out, plan_used = execute(xc, wc, spec, algorithm, fn)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._api import finish, flip_spatial, prepare_conv
-from ._dtypes import as_array, cast_result, compute_dtype, result_dtype
+from ._dtypes import as_array, cast_result, check_bias_dtype, compute_dtype, result_dtype
 from ._engine import execute
 from ._planner import check_algorithm_name
 from ._spec import (
@@ -61,7 +61,6 @@ from ._spec import (
     SizeArg,
     check_grad_output,
     check_spatial_ndim,
-    normalize_conv,
     normalize_choice,
     normalize_conv_transpose,
     normalize_needs,
@@ -311,7 +310,7 @@ def conv_grad(
     """
     fn = "conv_grad"
     wanted = normalize_needs(needs, fn)
-    xc, wc, _, spec, batched, result = prepare_conv(
+    xc, wc, _, spec, batched, result, mode_pads = prepare_conv(
         x, weight, None, stride, padding, dilation, groups, padding_mode, kind, algorithm, fn
     )
     grad = as_array(grad_output, "grad_output", fn)
@@ -329,10 +328,6 @@ def conv_grad(
     if "input" in wanted:
         gx = input_gradient(grad, conj(wc), spec, algorithm, f"{fn} (grad_input)")
         if padding_mode != "zeros":
-            _, mode_pads, _ = normalize_conv(
-                np.shape(x), np.shape(weight), None, stride, padding, dilation, groups,
-                padding_mode, kind, fn, xc.dtype,
-            )
             gx = pad_adjoint(gx, mode_pads, padding_mode)
         grad_input = finish(gx, None, batched, result, fn)
     if "weight" in wanted:
@@ -431,10 +426,8 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
     check_algorithm_name(algorithm, fn)
     normalize_choice(kind, KINDS, "kind", fn)
     result = result_dtype(x.dtype, weight.dtype)
-    if bias_array is not None and not np.can_cast(bias_array.dtype, result, "same_kind"):
-        raise TypeError(
-            f"{fn}: bias of dtype {bias_array.dtype} cannot be added to a {result} result"
-        )
+    if bias_array is not None:
+        check_bias_dtype(bias_array.dtype, result, fn)
     compute = compute_dtype(result)
     forward, batched = normalize_conv_transpose(
         x.shape, weight.shape, None if bias_array is None else bias_array.shape,

@@ -56,7 +56,14 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ._api import conv_with_plan, flip_spatial
-from ._dtypes import as_array, cast_result, check_supported_dtype, compute_dtype, result_dtype
+from ._dtypes import (
+    as_array,
+    cast_result,
+    check_bias_dtype,
+    check_supported_dtype,
+    compute_dtype,
+    result_dtype,
+)
 from ._planner import DataFacts, check_algorithm_name, choose
 from ._signal import _check_fillvalue
 from ._spec import (
@@ -558,8 +565,8 @@ def conv(
     bias = None if bias is None else as_array(bias, "bias", fn)
     check_algorithm_name(algorithm, fn)
     result = result_dtype(x.dtype, weight.dtype)
-    if bias is not None and not np.can_cast(bias.dtype, result, "same_kind"):
-        raise TypeError(f"{fn}: bias of dtype {bias.dtype} cannot be added to a {result} result")
+    if bias is not None:
+        check_bias_dtype(bias.dtype, result, fn)
     spec, mode_pads, batched = normalize_conv(
         x.shape, weight.shape, None if bias is None else bias.shape,
         stride, padding, dilation, groups, padding_mode, kind, fn, compute_dtype(result),
