@@ -336,7 +336,7 @@ def test_winograd_tile_rule() -> None:
 
 @pytest.mark.parametrize("reason_case, reason", [
     (Case("s", (1, 2, 8, 8), (2, 2, 3, 3), "float32", stride=2), "stride (2, 2) != 1"),
-    (Case("d", (1, 2, 8, 8), (2, 2, 3, 3), dilation=(1, 2)), "dilation (1, 2) != 1"),
+    (Case("d", (1, 2, 8, 8), (2, 2, 3, 3), stride=(1, 2), dilation=2), "stride (1, 2) != 1"),
     (Case("k", (1, 2, 8, 8), (2, 2, 5, 5)), "kernel shape (5, 5)"),
     (Case("i", (1, 2, 8, 8), (2, 2, 3, 3), "int32"), "float32 and float64 only"),
     (Case("c", (1, 2, 8, 8), (2, 2, 3, 3), "complex128"), "float32 and float64 only"),
@@ -346,6 +346,39 @@ def test_winograd_refusals_name_the_reason(reason_case: Case, reason: str) -> No
     with pytest.raises(ValueError, match=re.escape(reason)):
         trueconv.conv(x, w, stride=reason_case.stride, dilation=reason_case.dilation,
                       algorithm="winograd")
+
+
+@pytest.mark.parametrize("x_shape, dilation, padding, groups", [
+    ((2, 4, 21, 17), (2, 3), (2, 3), 1),   # phases of unequal length on both axes
+    ((1, 4, 9, 30), (4, 1), (0, 5), 2),    # no padding on one axis, dilation on the other only
+    ((3, 2, 40), (5,), (7,), 1),           # 1-D, pads that are not multiples of the dilation
+    ((1, 2, 7, 8, 9), (2, 1, 3), (1, 2, 0), 2),
+    ((1, 2, 5, 5), (2, 2), (0, 0), 1),     # a single output per axis
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_winograd_dilated_phases_match_torch(x_shape: tuple[int, ...], dilation: tuple[int, ...],
+                                             padding: tuple[int, ...], groups: int,
+                                             dtype: str) -> None:
+    # Dilation runs as prod(dilation) interleaved stride-1 phase problems (space_to_batch).
+    rng = np.random.default_rng(7)
+    nd = len(x_shape) - 2
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((4, x_shape[1] // groups, *(3,) * nd)).astype(dtype)
+    before = fingerprint(x)
+    out = trueconv.conv(x, w, padding=padding, dilation=dilation, groups=groups,
+                        algorithm="winograd")
+    assert fingerprint(x) == before
+    expected = torch_conv(x, w, padding=padding, dilation=dilation, groups=groups)
+    assert out.shape == expected.shape
+    assert_close_scaled(out, expected, dtype)
+
+
+def test_winograd_phase_spec_counts_tiles_per_phase() -> None:
+    spec = canonical_spec(Case("p", (2, 4, 56, 56), (4, 4, 3, 3), padding=2, dilation=2),
+                          np.zeros((2, 4, 56, 56)), np.zeros((4, 4, 3, 3)))
+    phases = winograd_module.phase_spec(spec)
+    assert (phases.batch, phases.input_shape, phases.output_shape) == (8, (30, 30), (28, 28))
+    assert phases.dilation == (1, 1) and phases.pad_widths == ((0, 0), (0, 0))
 
 
 # ---------------------------------------------------------------------------

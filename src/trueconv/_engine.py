@@ -28,6 +28,10 @@ def check_output_fits(spec: ConvSpec, itemsize: int, fn: str) -> None:
         )
 
 
+#: The most permissive facts: every algorithm allowed that the shapes allow.
+OPTIMISTIC = DataFacts(finite=True, integer_fft_safe=True)
+
+
 def data_facts(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, algorithm: str) -> DataFacts:
     """The value checks that decide whether a transform algorithm is allowed.
 
@@ -59,7 +63,15 @@ def execute(
         # A sum over an empty set is 0: zeros, never np.empty (tensorflow PR #126484).
         plan = Plan("direct" if algorithm == "auto" else algorithm, "empty problem", 0, spec.batch)
         return np.zeros(spec.full_output_shape, dtype=x.dtype), plan
-    plan = choose(spec, algorithm, data_facts(x, weight, spec, algorithm), fn=fn)
+    plan = choose(spec, algorithm, OPTIMISTIC, fn=fn)
+    if not ALGORITHMS[plan.algorithm].exact:
+        # The value checks cost a pass over the data (about 1 ms per 25 MB): pay it only
+        # when the choice depends on it. Facts can only remove transform algorithms, so an
+        # exact algorithm chosen under the most permissive facts stays the choice under
+        # the real ones.
+        facts = data_facts(x, weight, spec, algorithm)
+        if facts != OPTIMISTIC:
+            plan = choose(spec, algorithm, facts, fn=fn)
     runner = ALGORITHMS[plan.algorithm]
     if plan.batch_chunk >= spec.batch:
         out = runner.run(x, weight, spec)

@@ -156,9 +156,12 @@ def batch_chunk_for(spec: ConvSpec, name: str, limit: int) -> tuple[int, int] | 
 
 def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
     """Tiles and transform points per tile of F(m, 3) (Lavin & Gray), ``m`` as the algorithm picks it."""
-    chooser = getattr(ALGORITHMS.get("winograd"), "tile_size", None)
-    m = chooser(spec) if callable(chooser) else (4 if min(spec.output_shape) >= 4 else 2)
-    tiles = math.prod(-(-o // m) for o in spec.output_shape)
+    from .algorithms import winograd as winograd_module
+
+    m = ALGORITHMS["winograd"].tile_size(spec)
+    # a dilated problem runs as prod(dilation) phase images per image
+    phases = winograd_module.phase_spec(spec)
+    tiles = math.prod(-(-o // m) for o in phases.output_shape) * math.prod(spec.dilation)
     return tiles, (m + 2) ** spec.spatial_ndim
 
 

@@ -488,11 +488,105 @@ def block_extent(grid: tuple[int, ...], target: int) -> tuple[int, ...]:
                  for k, s in enumerate(sizes))
 
 
+# ---------------------------------------------------------------------------
+# Dilation as interleaved phases (TensorFlow's atrous_conv2d: space_to_batch, a
+# stride-1 convolution, batch_to_space). Along an axis with dilation d, output
+# i = d*q + r reads padded inputs d*(q + a) + r only: phase r of the padded input
+# (every d-th sample from r) correlated with the undilated kernel gives the
+# outputs of phase r. The d**nd phases become batch items of one stride-1,
+# dilation-1 problem that Winograd serves at full speed; each phase gets the
+# same ceil(out/d) outputs and the surplus of the shorter phases is dropped.
+# ---------------------------------------------------------------------------
+def is_dilated(spec: ConvSpec) -> bool:
+    return any(d != 1 for d in spec.dilation)
+
+
+def phase_spec(spec: ConvSpec) -> ConvSpec:
+    """The stride-1, dilation-1, unpadded problem on the phases of ``spec`` (itself if undilated).
+
+    Examples
+    --------
+    >>> from trueconv._spec import ConvSpec
+    >>> spec = ConvSpec(2, 4, 4, 1, (10, 9), (3, 3), (1, 1), (2, 3), ((2, 2), (3, 3)), "float32")
+    >>> phases = phase_spec(spec)
+    >>> phases.batch, phases.input_shape, phases.output_shape
+    (12, (7, 5), (5, 3))
+    """
+    if not is_dilated(spec):
+        return spec
+    outputs = tuple(-(-o // d) for o, d in zip(spec.output_shape, spec.dilation))
+    shape = tuple(q + k - 1 for q, k in zip(outputs, spec.kernel_shape))
+    nd = spec.spatial_ndim
+    return ConvSpec(spec.batch * math.prod(spec.dilation), spec.in_channels, spec.out_channels,
+                    spec.groups, shape, spec.kernel_shape, (1,) * nd, (1,) * nd,
+                    ((0, 0),) * nd, spec.dtype)
+
+
+def _phase_slices(r: int, d: int, lo: int, size: int, length: int) -> tuple[slice, slice]:
+    """``(target, source)``: where phase ``r`` (every ``d``-th padded sample from ``r``, ``length``
+    of them) holds input samples, and which samples of the unpadded axis (``lo`` pad before)."""
+    first = max(0, -(-(lo - r) // d))  # first j with d*j + r - lo >= 0
+    last = min(length - 1, (size - 1 + lo - r) // d)
+    if last < first:
+        return slice(0, 0), slice(0, 0)
+    start = d * first + r - lo
+    return slice(first, last + 1), slice(start, start + d * (last - first) + 1, d)
+
+
+def split_phases(x: np.ndarray, spec: ConvSpec, phases: ConvSpec) -> np.ndarray:
+    """``(N, C, *S)`` -> ``(N * prod(d), C, *P)``: the zero-padded input's phases, phase-major.
+
+    One strided copy per phase straight from ``x`` (the padding is the zeros the
+    copies leave), with the images split over the threads.
+    """
+    n, c = spec.batch, spec.in_channels
+    split = np.zeros((n, *spec.dilation, c, *phases.input_shape), dtype=phases.dtype)
+    copies = []
+    for phase in np.ndindex(*spec.dilation):
+        pairs = [_phase_slices(r, d, lo, size, length) for r, d, (lo, _), size, length
+                 in zip(phase, spec.dilation, spec.pad_widths, spec.input_shape,
+                        phases.input_shape)]
+        if all(target.stop > target.start for target, _ in pairs):
+            copies.append((phase, tuple(t for t, _ in pairs), tuple(s for _, s in pairs)))
+
+    def copy(first: int, stop: int) -> None:
+        for phase, target, source in copies:
+            split[(slice(first, stop), *phase, slice(None), *target)] = \
+                x[(slice(first, stop), slice(None), *source)]
+
+    _run_split(copy, n)
+    return split.reshape(phases.batch, c, *phases.input_shape)
+
+
+def merge_phases(out: np.ndarray, spec: ConvSpec, phases: ConvSpec) -> np.ndarray:
+    """Interleave the phase outputs ``(N * prod(d), O, *Q)`` back into ``(N, O, *out)``."""
+    n, o = spec.batch, spec.out_channels
+    staged = out.reshape(n, *spec.dilation, o, *phases.output_shape)
+    result = np.empty(spec.full_output_shape, dtype=out.dtype)
+
+    def copy(first: int, stop: int) -> None:
+        for phase in np.ndindex(*spec.dilation):
+            counts = [-(-(size - r) // d) for r, d, size in zip(phase, spec.dilation, spec.output_shape)]
+            result[(slice(first, stop), slice(None), *(slice(r, None, d) for r, d in zip(phase, spec.dilation)))] = \
+                staged[(slice(first, stop), *phase, slice(None), *(slice(0, k) for k in counts))]
+
+    _run_split(copy, n)
+    return result
+
+
+def _run_split(copy: Any, n: int) -> None:
+    """Run ``copy(first, stop)`` over the images, split over the threads (NumPy copies drop the GIL)."""
+    parts = max(1, min(get_num_threads(), n))
+    cuts = [n * k // parts for k in range(parts + 1)]
+    _run_parallel([lambda a=a, b=b: copy(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
+
+
 class Winograd:
     """Winograd F(2, 3) / F(4, 3) for 3-tap kernels in 1, 2 or 3 dimensions.
 
-    Serves stride 1, dilation 1, kernel 3 on every spatial axis, any groups,
-    float32 and float64 (``supports()`` names the reason otherwise). Its result
+    Serves stride 1, kernel 3 on every spatial axis, any dilation (split into
+    stride-1 problems on interleaved phases, see :func:`phase_spec`), any
+    groups, float32 and float64 (``supports()`` names the reason otherwise). Its result
     carries a transform error above the direct summation bound (see the module
     docstring and :meth:`error_bound`), so ``auto`` never picks it for inputs
     containing NaN or Inf, which a transform spreads over whole tiles.
@@ -519,8 +613,6 @@ class Winograd:
             return f"kernel shape {spec.kernel_shape} is not 3 on every spatial axis"
         if any(s != 1 for s in spec.stride):
             return f"stride {spec.stride} != 1"
-        if any(d != 1 for d in spec.dilation):
-            return f"dilation {spec.dilation} != 1"
         if spec.spatial_ndim > 3:
             return f"{spec.spatial_ndim} spatial dims (Winograd serves 1, 2 or 3)"
         if spec.dtype not in ("float32", "float64"):
@@ -533,7 +625,7 @@ class Winograd:
 
     # -- choices --------------------------------------------------------------
     def tile_size(self, spec: ConvSpec) -> int:
-        """Output tile ``m`` per axis: 4 or 2.
+        """Output tile ``m`` per axis: 4 or 2 (of the phase problem when dilated).
 
         F(4, 3) multiplies least per output (``(6/4)**d`` vs ``(4/2)**d``), but
         its float32 error is about 10x that of F(2, 3). Rule: take F(2, 3) when
@@ -545,6 +637,7 @@ class Winograd:
         nd, c = spec.spatial_ndim, spec.in_channels_per_group
         if error_bound_for(4, nd, c, "float32") > FLOAT32_TOLERANCE:
             return 2
+        spec = phase_spec(spec)
         cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.output_shape, m))
                 for m in TILE_SIZES}
         return 4 if cost[4] < cost[2] else 2
@@ -600,6 +693,11 @@ class Winograd:
         single huge image stays bounded. A non-contiguous ``x`` is copied once
         more (not counted: the engine passes contiguous arrays).
         """
+        if is_dilated(spec):
+            phases = phase_spec(spec)
+            staged = (phases.batch * phases.in_channels * math.prod(phases.input_shape) +
+                      math.prod(phases.full_output_shape)) * spec.itemsize
+            return staged + self.workspace_bytes(phases)
         m, alpha, grid = self._geometry(spec)
         t = alpha**spec.spatial_ndim
         target, workers = self._block_plan(spec, m)
@@ -624,7 +722,12 @@ class Winograd:
         input_kernel, output_kernel = _kernels()
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
-            return self._run(x, weight, spec, tile, input_kernel, output_kernel)
+            if not is_dilated(spec):
+                return self._run(x, weight, spec, tile, input_kernel, output_kernel)
+            phases = phase_spec(spec)
+            out = self._run(split_phases(x, spec, phases), weight, phases, tile,
+                            input_kernel, output_kernel)
+            return merge_phases(out, spec, phases)
 
     def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None,
              input_kernel: Any, output_kernel: Any) -> np.ndarray:
