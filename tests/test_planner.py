@@ -277,21 +277,48 @@ def test_model_prefers_fft_for_a_large_kernel_and_not_for_3x3():
 # --- calibration data ------------------------------------------------------------
 
 def test_calibration_records_provenance():
-    table = _calibration.CALIBRATION
-    assert {"date", "machine", "versions", "threads", "blas", "coefficients"} <= set(table)
-    for name in ("direct", "im2col", "fft", "generic"):
-        for precision in _calibration.PRECISIONS:
-            assert all(c >= 0 for c in _calibration.coefficients(name, precision))
+    assert _calibration.CALIBRATIONS
+    for table in _calibration.CALIBRATIONS:
+        assert {"date", "machine", "versions", "threads", "blas", "coefficients"} <= set(table)
+    for threads in (1, 2, 64):
+        for name in ("direct", "im2col", "fft", "generic"):
+            for precision in _calibration.PRECISIONS:
+                assert all(c >= 0 for c in _calibration.coefficients(name, precision, threads))
+
+
+def test_calibration_table_follows_the_thread_count(monkeypatch):
+    one = {"threads": 1, "coefficients": {}}
+    two = {"threads": 2, "coefficients": {}}
+    four = {"threads": 4, "coefficients": {}}
+    monkeypatch.setattr(_calibration, "CALIBRATIONS", [one, two, four])
+    assert _calibration.active_calibration(1) is one
+    assert _calibration.active_calibration(2) is two
+    assert _calibration.active_calibration(3) is two  # a tie goes to fewer threads
+    assert _calibration.active_calibration(16) is four
+    monkeypatch.setattr(_calibration, "CALIBRATIONS", [one])
+    assert _calibration.active_calibration(8) is one
+    monkeypatch.setattr(_calibration, "CALIBRATIONS", [one, two])
+    monkeypatch.setattr(_threads, "_num_threads", 1)
+    assert _calibration.active_calibration() is one
+    monkeypatch.setattr(_threads, "_num_threads", 2)
+    assert _calibration.active_calibration() is two
 
 
 def test_calibration_rewrites_its_own_table(tmp_path):
     copy = tmp_path / "calibration_copy.py"
     shutil.copy(_calibration.__file__, copy)
-    table = dict(_calibration.CALIBRATION, date="2000-01-01", machine={"cpu": "test", "cores": 1})
+    original = _calibration.CALIBRATIONS
+    base = original[0]
+    table = dict(base, date="2000-01-01", machine={"cpu": "test", "cores": 1}, threads=7)
     _calibration.write(table, copy)
-    namespace = runpy.run_path(str(copy))
-    assert namespace["CALIBRATION"]["date"] == "2000-01-01"
-    assert namespace["CALIBRATION"]["coefficients"] == _calibration.CALIBRATION["coefficients"]
+    tables = runpy.run_path(str(copy))["CALIBRATIONS"]
+    assert tables[:-1] == original and tables[-1]["date"] == "2000-01-01"
+    # a table of the same thread count replaces the older one
+    _calibration.write(dict(table, date="2001-01-01"), copy)
+    tables = runpy.run_path(str(copy))["CALIBRATIONS"]
+    assert [t["threads"] for t in tables] == [t["threads"] for t in original] + [7]
+    assert tables[-1]["date"] == "2001-01-01"
+    assert tables[-1]["coefficients"] == base["coefficients"]
     copy.write_text("no table here\n")
     with pytest.raises(ValueError, match="no generated block"):
         _calibration.write(table, copy)

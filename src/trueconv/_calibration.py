@@ -10,16 +10,18 @@ times (over interleaved rounds) of a fixed training set of shapes, from 1x1
 to layer-sized (CuPy's ``_convolve_choose.py`` idea, with the provenance
 CuPy's table lacks: machine, date, thread count, library and BLAS versions).
 
-Regenerate on your machine (takes about a minute)::
+Regenerate on your machine (takes about a minute per thread count)::
 
     python -m trueconv._calibration                        # print the new table
-    python -m trueconv._calibration --threads 1 --write    # and rewrite this file
+    python -m trueconv._calibration --threads 1 --write    # and put it into this file
+    python -m trueconv._calibration --threads 2 --write    # one table per thread count
 
-The table below was measured with one thread: on the shared 2-core machine it
-came from, multi-threaded BLAS timings swung by 10x with the neighbours' load,
-single-threaded ones did not. The model therefore ranks algorithms by their
-single-thread cost, which misjudges algorithms that scale unevenly with
-threads (README, Performance); the autotuner measures the real conditions.
+There is one table per thread count, and the planner uses the one nearest
+:func:`trueconv.get_num_threads` (:func:`active_calibration`): algorithms
+scale unevenly with threads (a BLAS GEMM nearly 2x on two cores, a NumPy
+gather or a small Winograd block not at all), so a ranking measured with one
+thread misjudges a two-thread run. Measure on a quiet machine: with neighbours'
+load, multi-threaded timings swing by several times.
 
 Only the ranking of algorithms matters to the planner, so a table from a
 different machine degrades choices gracefully; ``trueconv.set_autotune(True)``
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 # --- BEGIN GENERATED TABLE (python -m trueconv._calibration --write) ---
-CALIBRATION: dict[str, Any] = {
+CALIBRATIONS: list[dict[str, Any]] = [{
     "date": "2026-11-22",
     "machine": {
         "cpu": "AMD EPYC",
@@ -157,7 +159,7 @@ CALIBRATION: dict[str, Any] = {
             ]
         }
     }
-}
+}]
 # --- END GENERATED TABLE ---
 
 PRECISIONS = ("float32", "float64", "int64")
@@ -175,9 +177,25 @@ def precision_class(dtype_name: str) -> str:
     return "float32" if dtype.itemsize <= 4 else "float64"
 
 
-def coefficients(algorithm: str, precision: str) -> list[float]:
+def active_calibration(threads: int | None = None) -> dict[str, Any]:
+    """The table measured with the thread count nearest ``threads`` (default: the current one).
+
+    Algorithms scale unevenly with threads (BLAS GEMMs nearly 2x on 2 cores, small
+    Winograd blocks and NumPy gathers not at all), so a ranking measured with one
+    thread misjudges a 2-thread run and the other way round. Ties go to the table
+    with fewer threads.
+    """
+    if threads is None:
+        from ._threads import get_num_threads
+
+        threads = get_num_threads()
+    return min(CALIBRATIONS, key=lambda table: (abs(table.get("threads", 1) - threads),
+                                                table.get("threads", 1)))
+
+
+def coefficients(algorithm: str, precision: str, threads: int | None = None) -> list[float]:
     """The fitted coefficient vector, or the generic one for an uncalibrated algorithm."""
-    table = CALIBRATION["coefficients"]
+    table = active_calibration(threads)["coefficients"]
     return table.get(algorithm, table["generic"]).get(precision) or table["generic"][precision]
 
 
@@ -234,6 +252,10 @@ def training_specs(precision: str) -> list[Any]:
         spec(1, 1, 1, 1, (512, 512), 15),
         spec(1, 512, 512, 1, (7, 7), 3),
         spec(1, 128, 128, 1, (28, 28), 3),
+        spec(4, 64, 64, 1, (4096,), 3),
+        spec(4, 64, 64, 1, (56, 56), 3, dilation=2, pad=((2, 2), (2, 2))),
+        spec(4, 256, 64, 1, (56, 56), 1),
+        spec(4, 128, 128, 1, (28, 28), 3),
     ]
     if precision == "int64":
         specs = specs[::3]  # integer matmul is slow and only ranks exact paths
@@ -299,7 +321,7 @@ def measure_table(verbose: bool = True) -> dict[str, Any]:
         # Relative error: scale each row by 1/t so small problems count as much as big ones.
         coef, _ = nnls(a / t[:, None], np.ones_like(t))
         coefficients_.setdefault(name, {})[precision] = [float(f"{c:.4g}") for c in coef]
-    for name, table in CALIBRATION["coefficients"].items():
+    for name, table in active_calibration(get_num_threads())["coefficients"].items():
         # keep the priors of algorithms (or precisions) this run could not measure
         for precision, coef in table.items():
             coefficients_.setdefault(name, {}).setdefault(precision, coef)
@@ -346,21 +368,31 @@ def versions() -> dict[str, str]:
     return out
 
 
-def render(table: dict[str, Any]) -> str:
+def render(tables: list[dict[str, Any]]) -> str:
     """The generated block, as Python source."""
-    body = json.dumps(table, indent=4)
-    return f"CALIBRATION: dict[str, Any] = {body}\n"
+    body = json.dumps(tables, indent=4)
+    return f"CALIBRATIONS: list[dict[str, Any]] = {body}\n"
+
+
+def merged(table: dict[str, Any], tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``tables`` with ``table`` replacing the one of its thread count, ordered by threads."""
+    kept = [t for t in tables if t.get("threads", 1) != table.get("threads", 1)]
+    return sorted([*kept, table], key=lambda t: t.get("threads", 1))
 
 
 def write(table: dict[str, Any], path: Path | None = None) -> Path:
-    """Replace the generated block of this module's source with ``table``."""
+    """Put ``table`` into the generated block of this module's source (other thread counts kept)."""
     path = path or Path(__file__)
     source = path.read_text(encoding="utf-8")
-    pattern = re.compile(r"(# --- BEGIN GENERATED TABLE[^\n]*\n).*?(# --- END GENERATED TABLE ---)",
+    pattern = re.compile(r"(# --- BEGIN GENERATED TABLE[^\n]*\n)(.*?)(# --- END GENERATED TABLE ---)",
                          re.DOTALL)
-    new, count = pattern.subn(lambda m: m.group(1) + render(table) + m.group(2), source)
-    if count != 1:
+    match = pattern.search(source)
+    if match is None:
         raise ValueError(f"_calibration.write: no generated block found in {path}")
+    namespace: dict[str, Any] = {"Any": Any}
+    exec(match.group(2), namespace)  # the block is JSON text, valid Python
+    tables = merged(table, namespace["CALIBRATIONS"])
+    new = source[:match.start(2)] + render(tables) + source[match.end(2):]
     path.write_text(new, encoding="utf-8")
     return path
 
@@ -381,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     table = measure_table(verbose=not args.quiet)
     # JSON true/false/null never occur in the table, so the JSON text is valid Python.
     assert all(v is not None for v in table.values())
-    print(render(table))
+    print(render([table]))
     if args.write:
         print(f"wrote {write(table)}", file=sys.stderr)
     return 0
@@ -391,4 +423,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["CALIBRATION", "coefficients", "precision_class", "cpu_model"]
+__all__ = ["CALIBRATIONS", "active_calibration", "coefficients", "precision_class", "cpu_model"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _autotune
-from ._calibration import CALIBRATION, coefficients, precision_class
+from ._calibration import active_calibration, coefficients, precision_class
 from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
 from .algorithms import ALGORITHMS
@@ -283,10 +283,13 @@ def _ranked(spec: ConvSpec, eligible: tuple[tuple[str, int, int], ...]) -> list[
 
 
 def _source() -> str:
-    date = CALIBRATION.get("date", "")
+    table = active_calibration()
+    date = table.get("date", "")
     if not date or "prior" in date:
         return "hand-written cost-model priors"
-    return f"the cost model calibrated on {CALIBRATION['machine'].get('cpu', 'unknown')} ({date})"
+    threads = table.get("threads", 1)
+    return (f"the cost model calibrated on {table['machine'].get('cpu', 'unknown')} with "
+            f"{threads} thread{'s' if threads != 1 else ''} ({date})")
 
 
 def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -> Plan:

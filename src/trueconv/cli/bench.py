@@ -532,12 +532,13 @@ def header(threads: int, groups: dict[str, str]) -> list[str]:
 
 def planner_mode() -> str:
     from .._autotune import autotune_enabled
-    from .._calibration import CALIBRATION
+    from .._calibration import active_calibration
 
     if autotune_enabled():
         return "autotuner on (measured choices, cached)"
-    return (f"cost-model heuristics (calibration: {CALIBRATION['date']}, "
-            f"{CALIBRATION['machine'].get('cpu', 'unknown')})")
+    table = active_calibration()
+    return (f"cost-model heuristics (calibration: {table['date']}, "
+            f"{table['machine'].get('cpu', 'unknown')}, {table.get('threads', 1)} thread(s))")
 
 
 def table(rows: list[Row]) -> list[str]:
