@@ -26,6 +26,14 @@ transform ``U`` is one small GEMM per input channel written straight into its
 GEMM layout. Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
 
+Dilation (stride 1): an axis dilated by ``d`` splits into ``d`` interleaved
+phases, each an undilated correlation of every ``d``-th padded input sample
+(TensorFlow's ``atrous_conv2d`` by ``space_to_batch``). The ``prod(d)`` phases
+become batch items of one stride-1 problem (:func:`phase_spec`,
+:func:`split_phases`, :func:`merge_phases`: one strided copy in, one out), so
+a dilated 3x3 layer runs at the speed of the undilated one on images ``d``
+times smaller per axis.
+
 Transforms, generated exactly by Toom-Cook interpolation (checked in rational
 arithmetic by ``tests/test_algorithms.py::test_winograd_matrices_exact``):
 
