@@ -80,19 +80,16 @@ requests but rarely pays.
 from __future__ import annotations
 
 import math
-import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from fractions import Fraction
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
+from ._pool import LockedIterator, run_parallel, single_threaded_blas
 
 _F = Fraction
 
@@ -586,7 +583,7 @@ def _run_split(copy: Any, n: int) -> None:
     """Run ``copy(first, stop)`` over the images, split over the threads (NumPy copies drop the GIL)."""
     parts = max(1, min(get_num_threads(), n))
     cuts = [n * k // parts for k in range(parts + 1)]
-    _run_parallel([lambda a=a, b=b: copy(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
+    run_parallel([lambda a=a, b=b: copy(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
 class Winograd:
@@ -776,10 +773,10 @@ class Winograd:
         u_gcto = u.transpose(1, 2, 0, 3)
         parts = min(max(1, get_num_threads()), c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
         cuts = [c * k // parts for k in range(parts + 1)]
-        _run_parallel([lambda a=a, b=b: np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
+        run_parallel([lambda a=a, b=b: np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
                        for a, b in zip(cuts[:-1], cuts[1:])])
 
-        queue = _LockedIterator(blocks)
+        queue = LockedIterator(blocks)
 
         def worker() -> None:
             # Each worker owns its V and M buffers and runs whole blocks: transform in,
@@ -804,7 +801,7 @@ class Winograd:
                     np.matmul(vg.transpose(0, 2, 1, 3), u, out=mm.transpose(0, 2, 1, 3))
                 output_kernel(mm.reshape(t, tiles, g * o), atd, ath, atw, *block, out)
 
-        _run_parallel([worker] * workers)
+        run_parallel([worker] * workers)
         return out.reshape(spec.full_output_shape)
 
 
@@ -812,102 +809,6 @@ class Winograd:
 #: handoff to a pool thread costs 30-120 us on this (virtualized) machine, and 1M entries
 #: take about 0.4 ms.
 _PARALLEL_WEIGHT_ENTRIES = 1 << 20
-
-
-class _LockedIterator:
-    """An iterator several worker threads can pull from."""
-
-    def __init__(self, items: list[tuple[int, ...]]) -> None:
-        self._items = iter(items)
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> _LockedIterator:
-        return self
-
-    def __next__(self) -> tuple[int, ...]:
-        with self._lock:
-            return next(self._items)
-
-
-# A persistent pool: starting threads per call cost about 0.2 ms, a tenth of a small layer.
-# It is rebuilt lazily after fork (a child inherits the object but not its threads).
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-
-
-def _reset_pool_after_fork() -> None:  # pragma: no cover - runs in forked children
-    global _pool, _pool_size, _pool_lock
-    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
-
-
-def _get_pool(size: int) -> ThreadPoolExecutor:
-    """The shared pool, grown to at least ``size`` threads."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < size:
-            old = _pool
-            _pool = ThreadPoolExecutor(size, thread_name_prefix="trueconv-winograd")
-            _pool_size = size
-            if old is not None:
-                old.shutdown(wait=False)  # its idle threads exit; running tasks finish
-        return _pool
-
-
-def _run_parallel(tasks: list[Any]) -> None:
-    """Run the callables, the first in the calling thread and the rest in the shared pool.
-
-    The tasks never wait on one another, so calls from several threads sharing the pool
-    only queue, never deadlock. The first exception is raised after all tasks finished.
-    """
-    if len(tasks) == 1:
-        tasks[0]()
-        return
-    futures = [_get_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
-    try:
-        tasks[0]()
-    finally:
-        for future in futures:
-            future.exception()  # wait for every task before the buffers go away
-    for future in futures:
-        future.result()
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter: Any = None
-_blas_controller: Any = None
-
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run BLAS single-threaded inside the block (restored afterwards, reentrant across threads).
-
-    The transform-domain GEMMs are small (``O x C`` times ``C x tiles``); OpenBLAS's
-    own threads gain little on them and stall badly when the cores are shared, so
-    the parallelism is over tile blocks instead, one BLAS thread per worker.
-    """
-    global _blas_users, _blas_limiter, _blas_controller
-    with _blas_lock:
-        if _blas_users == 0:
-            if _blas_controller is None:  # scanning the loaded libraries takes ~2 ms: once
-                from threadpoolctl import ThreadpoolController
-
-                _blas_controller = ThreadpoolController()
-            _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
 
 
 def _measure_errors() -> None:  # pragma: no cover - regenerates the module docstring's table
