@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from references import assert_close_scaled, fingerprint
+from references import assert_close_scaled, fingerprint, torch_conv
 
 import trueconv
 from trueconv import ALGORITHMS
 from trueconv._grad import gradient_specs
+from trueconv.algorithms import im2col as im2col_module
 from trueconv._spec import normalize_conv
 
 torch = pytest.importorskip("torch")
@@ -392,11 +393,204 @@ def test_gradients_split_over_the_batch_under_a_small_memory_limit(rng, monkeypa
     x, w, b = make_problem(rng, 2, 6, 4, 4, 1, 12, 3)
     params = dict(stride=2, padding=1)
     runner = ALGORITHMS["im2col"]
-    batches = []
+    runs = []
     original = runner.run
-    monkeypatch.setattr(runner, "run", lambda x, w, spec: batches.append(spec.batch)
+    monkeypatch.setattr(runner, "run", lambda x, w, spec: runs.append(spec)
                         or original(x, w, spec))
+    chunks = []
+    original_chunk = im2col_module.flat_shift_chunk
+    monkeypatch.setattr(im2col_module, "flat_shift_chunk",
+                        lambda spec, phases: chunks.append(original_chunk(spec, phases))
+                        or chunks[-1])
     with trueconv.memory_limit(60_000):
         check_against_torch(x, w, b, params, np.float64, algorithm="im2col")
-    # forward and grad_input have batch N=6, grad_weight batch C=4: all ran in chunks
-    assert batches and max(batches) < 4, batches
+    # forward and grad_input (batch N=6) ran in engine batch chunks; the weight gradient
+    # (batch C=4, reduction over the N=6 images) took the flat-shift path, which chunks
+    # its reduction over the images itself
+    assert max(spec.batch for spec in runs if spec.kernel_shape == (3, 3)) < 6, runs
+    assert chunks and max(chunks) < 6, chunks
+
+
+# --------------------------------------------------------------------------
+# The flat-shift weight gradient (im2col's few-outputs, kernel-sized-plane path)
+# --------------------------------------------------------------------------
+# (nd, batch, channels, out_channels, groups, size, kernel, params): every case is checked
+# to take the flat-shift path, so a change of its selection rule cannot silently turn these
+# into tests of another path.
+FLAT_SHIFT_CASES = {
+    "1d": (1, 3, 4, 5, 1, 20, 3, dict(padding=1)),
+    "1d-strided-dilated-asymmetric-grouped": (1, 3, 4, 6, 2, 23, 3,
+                                              dict(stride=2, dilation=3, padding=((2, 1),))),
+    "1d-uncovered-tail": (1, 2, 2, 3, 1, 10, 2, dict(stride=3)),
+    "2d-asymmetric-dilated-grouped": (2, 2, 4, 6, 2, 10, (3, 2),
+                                      dict(padding=((1, 0), (2, 1)), dilation=(1, 2))),
+    "2d-stride2-polyphase": (2, 2, 3, 4, 1, 12, 3, dict(stride=2, padding=1)),
+    "2d-stride32-dilation2": (2, 2, 2, 3, 1, 13, 2,
+                              dict(stride=(3, 2), dilation=2, padding=(1, 0))),
+    "2d-depthwise": (2, 3, 4, 4, 4, 9, 3, dict(padding=1)),
+    "2d-valid-unpadded": (2, 2, 3, 2, 1, 9, 2, dict()),
+    "3d": (3, 2, 2, 3, 1, 7, 2, dict(padding=1, stride=(1, 2, 1))),
+}
+
+
+def flat_shift_problem(name, dtype, rng):
+    nd, batch, channels, out_channels, groups, size, kernel, params = FLAT_SHIFT_CASES[name]
+    kernel = (kernel,) * nd if isinstance(kernel, int) else kernel
+    x = rng.standard_normal((batch, channels) + (size,) * nd)
+    w = rng.standard_normal((out_channels, channels // groups, *kernel))
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(x.shape)
+        w = w + 1j * rng.standard_normal(w.shape)
+    params = dict(params, groups=groups)
+    forward, _, _ = normalize_conv(
+        x.shape, w.shape, None, params.get("stride", 1), params.get("padding", 0),
+        params.get("dilation", 1), groups, "zeros", "correlation", "test", np.dtype(dtype).name)
+    spec = gradient_specs(forward)["weight"]
+    assert im2col_module.flat_shift_overhead(spec) is not None, (name, spec)
+    return x.astype(dtype), w.astype(dtype), params, forward
+
+
+def spy_flat_shift(monkeypatch):
+    calls = []
+    original = im2col_module.Im2col._run_flat_shift
+    monkeypatch.setattr(im2col_module.Im2col, "_run_flat_shift",
+                        staticmethod(lambda x, w, spec: calls.append(spec)
+                                     or original(x, w, spec)))
+    return calls
+
+
+FLAT_SHIFT_PRODUCT = random.Random(7).sample(list(itertools.product(
+    sorted(FLAT_SHIFT_CASES), (np.float64, np.float32, np.complex128),
+    ("correlation", "convolution"),
+)), 24)
+
+
+@pytest.mark.parametrize("name, dtype, kind", FLAT_SHIFT_PRODUCT,
+                         ids=lambda v: v if isinstance(v, str) else np.dtype(v).name)
+def test_flat_shift_weight_gradient_matches_torch(name, dtype, kind, rng, monkeypatch):
+    x, w, params, _ = flat_shift_problem(name, dtype, rng)
+    params = dict(params, kind=kind)
+    y = trueconv.conv(x, w, **params)
+    g = rng.standard_normal(y.shape).astype(y.dtype)
+    calls = spy_flat_shift(monkeypatch)
+    before = fingerprint(g, x, w)
+    _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="im2col", needs=("weight",))
+    assert fingerprint(g, x, w) == before
+    assert calls, "the flat-shift path did not run"
+    _, _, tgw, _ = torch_grads(g, x, w, np.zeros(w.shape[0], x.dtype), **params)
+    assert gw.dtype == x.dtype and gw.shape == w.shape
+    assert_close_scaled(gw, tgw, dtype)
+
+
+def test_flat_shift_integer_weight_gradient_is_exact(rng, monkeypatch):
+    x = rng.integers(-5, 6, (3, 4, 11, 10))
+    w = rng.integers(-5, 6, (6, 2, 3, 3))
+    params = dict(stride=2, padding=((1, 0), (2, 1)), groups=2)
+    g = rng.integers(-5, 6, trueconv.conv(x, w, **params).shape)
+    calls = spy_flat_shift(monkeypatch)
+    _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="im2col", needs=("weight",))
+    assert calls and gw.dtype == np.int64
+    _, _, tgw, _ = torch_grads(g, x, w, np.zeros(6), **params)
+    np.testing.assert_array_equal(gw, np.rint(tgw).astype(np.int64))
+
+
+@pytest.mark.parametrize("name", ["2d-stride2-polyphase", "3d",
+                                  "1d-strided-dilated-asymmetric-grouped"])
+def test_flat_shift_chunks_its_reduction_under_a_small_memory_limit(name, rng, monkeypatch):
+    # The images are the flat-shift path's reduction axis: under a small limit their planes
+    # are built a chunk at a time and the products accumulated.
+    x, w, params, forward = flat_shift_problem(name, np.float64, rng)
+    spec = gradient_specs(forward)["weight"]
+    phases = len(im2col_module._flat_shift_phases(spec)[0])
+    per_image = (spec.batch * phases + spec.out_channels_per_group) * spec.groups * \
+        int(np.prod(im2col_module.flat_shift_plane(spec))) * 8
+    g = rng.standard_normal(trueconv.conv(x, w, **params).shape)
+    calls = spy_flat_shift(monkeypatch)
+    fills = []  # one plane fill per phase per chunk of images
+    original_fill = im2col_module._fill_phase_plane
+    monkeypatch.setattr(im2col_module, "_fill_phase_plane",
+                        lambda *args: fills.append(args[2]) or original_fill(*args))
+    with trueconv.memory_limit(4 * per_image + 4096):  # one image per chunk fits
+        _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="im2col", needs=("weight",))
+    assert calls and len(fills) == phases * x.shape[0], (phases, fills)
+    _, _, tgw, _ = torch_grads(g, x, w, np.zeros(w.shape[0]), **params)
+    assert_close_scaled(gw, tgw, np.float64)
+
+
+def test_flat_shift_workspace_follows_the_chunk(rng):
+    x, w, params, forward = flat_shift_problem("2d-stride2-polyphase", np.float64, rng)
+    spec = gradient_specs(forward)["weight"]
+    runner = ALGORITHMS["im2col"]
+    whole = runner.workspace_bytes(spec)
+    with trueconv.memory_limit(4 * 1000):
+        assert im2col_module.flat_shift_chunk(spec, 4) == 1
+        assert runner.workspace_bytes(spec) < whole
+
+
+def test_explicit_algorithms_still_serve_the_weight_gradient(rng, monkeypatch):
+    # The flat-shift path belongs to im2col: auto may take it, an explicit other algorithm
+    # never does, and an explicit im2col always does when its rule allows.
+    x, w, params, _ = flat_shift_problem("2d-stride2-polyphase", np.float64, rng)
+    g = rng.standard_normal(trueconv.conv(x, w, **params).shape)
+    _, _, tgw, _ = torch_grads(g, x, w, np.zeros(w.shape[0]), **params)
+    calls = spy_flat_shift(monkeypatch)
+    _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="direct", needs=("weight",))
+    assert not calls
+    assert_close_scaled(gw, tgw, np.float64)
+    _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="im2col", needs=("weight",))
+    assert calls
+    assert_close_scaled(gw, tgw, np.float64)
+
+
+def test_flat_shift_rule():
+    # The 3x3 64->64 @56 weight gradient: 9 positions over a 58x58 plane, 7% wasted work.
+    forward, _, _ = normalize_conv((8, 64, 56, 56), (64, 64, 3, 3), None, 1, 1, 1, 1, "zeros",
+                                   "correlation", "test", "float32")
+    spec = gradient_specs(forward)["weight"]
+    assert im2col_module.flat_shift_overhead(spec) == pytest.approx(58 * 58 / (56 * 56))
+    # A forward 3x3 convolution has a small kernel on a large plane: not this path.
+    assert im2col_module.flat_shift_overhead(forward) is None
+    # Tiny outputs (most of the plane is zeros once embedded): not this path either.
+    forward, _, _ = normalize_conv((2, 4, 6, 6), (4, 4, 3, 3), None, 1, 1, 2, 1, "zeros",
+                                   "correlation", "test", "float32")
+    assert im2col_module.flat_shift_overhead(gradient_specs(forward)["weight"]) is None
+
+
+@pytest.mark.parametrize("limit", [None, "small"])
+def test_flat_shift_threads_share_the_positions(limit, rng, monkeypatch):
+    # Large problems share their positions over worker threads (each worker its own product
+    # buffer when chunks accumulate); forced here on a small problem.
+    monkeypatch.setattr(im2col_module, "FLAT_SHIFT_PARALLEL_MACS", 0)
+    monkeypatch.setattr(im2col_module, "get_num_threads", lambda: 3)
+    x, w, params, forward = flat_shift_problem("2d-stride2-polyphase", np.float32, rng)
+    spec = gradient_specs(forward)["weight"]
+    assert im2col_module.flat_shift_workers(spec) == 3
+    g = rng.standard_normal(trueconv.conv(x, w, **params).shape).astype(np.float32)
+    calls = spy_flat_shift(monkeypatch)
+    with trueconv.memory_limit(20_000 if limit else "1G"):
+        _, gw, _ = trueconv.conv_grad(g, x, w, **params, algorithm="im2col", needs=("weight",))
+        chunk = im2col_module.flat_shift_chunk(spec, 4)
+    assert calls and (chunk < x.shape[0]) == bool(limit)
+    _, _, tgw, _ = torch_grads(g, x, w, np.zeros(w.shape[0], np.float32), **params)
+    assert_close_scaled(gw, tgw, np.float32)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, params", [
+    ((2, 3, 20, 18), (4, 3, 15, 14), dict()),                        # template matching, "valid"
+    ((1, 4, 30), (6, 2, 12), dict(dilation=2, stride=3, groups=2)),   # polyphase plane
+    ((2, 2, 7, 8, 6), (3, 2, 7, 7, 5), dict(padding=((1, 0), (0, 0), (0, 1)))),
+])
+def test_flat_shift_serves_forward_problems_too(x_shape, w_shape, params, rng, monkeypatch):
+    # The path is chosen by the spec's shape, not by who asks: a forward correlation with a
+    # kernel nearly as large as its input takes it as well.
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    forward, _, _ = normalize_conv(
+        x.shape, w.shape, None, params.get("stride", 1), params.get("padding", 0),
+        params.get("dilation", 1), params.get("groups", 1), "zeros", "correlation", "test",
+        "float64")
+    assert im2col_module.flat_shift_overhead(forward) is not None
+    calls = spy_flat_shift(monkeypatch)
+    got = trueconv.conv(x, w, **params, algorithm="im2col")
+    assert calls
+    assert_close_scaled(got, torch_conv(x, w, **params), np.float64)

@@ -31,7 +31,13 @@ Along the spatial axes the transposes are convolutions too:
 - weight gradient: ``x`` (zero padded as in the forward) correlated with
   ``g`` as the kernel, with stride and dilation exchanged; the result is
   cropped to the kernel shape (striding may leave trailing input rows that no
-  output saw, which would add extra taps).
+  output saw, which would add extra taps). This problem is shaped unlike a
+  forward layer: a handful of output positions (the forward kernel's taps)
+  and a kernel as large as the image. im2col serves it without any gather
+  (its *flat-shift* path: one BLAS product per tap on a shifted view of the
+  padded planes, a polyphase split for forward strides > 1), and the planner
+  picks im2col for it like for any other problem; an explicit ``algorithm=``
+  is honoured as for the forward call.
 
 Transposed convolution *is* the input gradient, with ``output_padding``
 extra rows on the high side (PyTorch ``conv_input_size``), so
@@ -185,12 +191,15 @@ def weight_gradient(
     nd = forward.spatial_ndim
     spec = weight_gradient_spec(forward, grad.shape[2:])
     axes = tuple(range(3, 3 + nd))
-    # (N, G*C, *S) -> (N, G, C, *S) -> (C, G, N, *S) -> (C, G*N, *S): groups become feature groups
+    # (N, G*C, *S) -> (N, G, C, *S) -> (C, G, N, *S) -> (C, G*N, *S): groups become feature
+    # groups. Algorithms read any strides, and the ones that lay the data out again (im2col's
+    # planes and columns, Winograd's tiles) copy it anyway, so the transposes stay views
+    # where NumPy can (G == 1 or N == 1; else reshape copies): that saves two full copies.
     x_t = x.reshape(n, g, c, *x.shape[2:]).transpose(2, 1, 0, *axes)
-    x_t = np.ascontiguousarray(x_t).reshape(c, g * n, *x.shape[2:])
+    x_t = x_t.reshape(c, g * n, *x.shape[2:])
     # (N, G*O, *M) -> (N, G, O, *M) -> (G, O, N, *M) -> (G*O, N, *M)
     g_t = grad.reshape(n, g, o, *grad.shape[2:]).transpose(1, 2, 0, *axes)
-    g_t = np.ascontiguousarray(g_t).reshape(g * o, n, *grad.shape[2:])
+    g_t = g_t.reshape(g * o, n, *grad.shape[2:])
     out, _ = execute(x_t, g_t, spec, algorithm, fn)  # (C, G*O, *K')
     crop = tuple(slice(0, k) for k in forward.kernel_shape)
     return np.ascontiguousarray(out[(Ellipsis, *crop)].swapaxes(0, 1))

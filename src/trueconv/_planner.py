@@ -190,6 +190,13 @@ def _im2col_is_pointwise(spec: ConvSpec) -> bool:
     return bool(pointwise(spec)) if callable(pointwise) else False
 
 
+def _im2col_flat_shift_work(spec: ConvSpec) -> tuple[float, float, float] | None:
+    from .algorithms import im2col as im2col_module
+
+    work = getattr(im2col_module, "flat_shift_work", None)
+    return work(spec) if callable(work) else None
+
+
 def cost_features(spec: ConvSpec, name: str) -> list[float]:
     """Counts of work whose weighted sum predicts ``name``'s time on ``spec``.
 
@@ -211,6 +218,12 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view
         return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0, 1.0]
     if name == "im2col":
+        flat = _im2col_flat_shift_work(spec)
+        if flat is not None:
+            # flat-shift path (few outputs, kernel ~ the plane, e.g. the weight gradient): no
+            # gather; the plane's zeros multiplied too, inputs copied once, one GEMM per position
+            flat_macs, copied, calls = flat
+            return [flat_macs * (4 if np.dtype(spec.dtype).kind == "c" else 1), copied, calls, 1.0]
         # gather C*K rows of P columns (none for a pointwise 1x1), then one GEMM per (batch, group)
         gathered = 0 if _im2col_is_pointwise(spec) else n * g * c * k * p * itemsize
         return [macs, float(gathered), float(n * g), 1.0]
