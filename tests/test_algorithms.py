@@ -396,6 +396,29 @@ def test_im2col_row_chunks_under_a_small_memory_limit(monkeypatch: pytest.Monkey
     assert_close_scaled(out, conv_reference(x, w, pad_widths=((1, 1), (1, 1))), dtype=np.float64)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch, column_bytes", [(1, 8 * 2**20), (3, 8 * 2**20), (2, 20_000)])
+def test_im2col_worker_threads_split_chunks(threads: int, batch: int, column_bytes: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Column chunks (images, or row bands of one image) go to worker threads, one BLAS
+    # thread each; every output element is written by exactly one chunk.
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((batch, 4, 23, 17))
+    w = rng.standard_normal((6, 2, 3, 3))
+    monkeypatch.setattr(im2col_module, "COLUMN_BYTES", column_bytes)
+    monkeypatch.setattr(im2col_module, "get_num_threads", lambda: threads)
+    spec = canonical_spec(Case("t", x.shape, w.shape, stride=(2, 1), padding=1, groups=2), x, w)
+    items = im2col_module.column_items(spec, *im2col_module.column_chunk(spec))
+    assert len(items) >= min(threads, batch * spec.output_shape[0])
+    covered = np.zeros((batch, spec.output_shape[0]), dtype=int)
+    for n0, nb, r0, r1 in items:
+        covered[n0:n0 + nb, r0:r1] += 1
+    assert (covered == 1).all()
+    out = trueconv.conv(x, w, stride=(2, 1), padding=1, groups=2, algorithm="im2col")
+    expected = torch_conv(x, w, stride=(2, 1), padding=1, groups=2)
+    assert_close_scaled(out, expected, np.float64)
+
+
 @pytest.mark.parametrize("images_per_chunk", [1, 2, 5])
 def test_im2col_shared_gemm_for_few_positions(images_per_chunk: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

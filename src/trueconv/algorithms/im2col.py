@@ -200,6 +200,31 @@ def _fill_phase_plane(target: np.ndarray, x: np.ndarray, phase: tuple[int, ...],
     target[(Ellipsis, *destination)] = x[(Ellipsis, *source)]
 
 
+def column_items(spec: ConvSpec, images: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """Chunks ``(first image, images, first row, stop row)`` of the column matrix.
+
+    At least one per thread when the problem allows it: chunks of ``images`` images
+    (or row bands of one image) are split further, by images first, then by rows.
+    """
+    threads = max(1, get_num_threads())
+    n, rows_total = spec.batch, spec.output_shape[0]
+    if -(-n // images) * -(-rows_total // rows) < threads:
+        images = max(1, min(images, -(-n // threads)))
+        if -(-n // images) < threads and images == 1:
+            rows = max(1, min(rows, -(-rows_total // threads)))
+    return [(n0, min(images, n - n0), r0, min(r0 + rows, rows_total))
+            for n0 in range(0, n, images) for r0 in range(0, rows_total, rows)]
+
+
+def column_workers(spec: ConvSpec, items: list[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """``(worker threads, column entries of the largest chunk)``: one buffer per worker, all of
+    them within a quarter of the memory limit (a single worker always runs)."""
+    largest = max(nb * (r1 - r0) for _, nb, r0, r1 in items) * \
+        spec.in_channels * spec.kernel_size * math.prod(spec.output_shape[1:])
+    fit = get_memory_limit() // 4 // max(1, largest * spec.itemsize)
+    return max(1, min(get_num_threads(), len(items), fit)), largest
+
+
 class Im2col:
     """im2col + BLAS GEMM for every dtype and parameter (see the module docstring).
 
@@ -236,6 +261,11 @@ class Im2col:
         rest = math.prod(spec.output_shape[1:])
         images = min(images, max(spec.batch, 1))
         columns = images * spec.in_channels * spec.kernel_size * rows * rest
+        if spec.batch and not (output_positions(spec) < THIN_POSITIONS and
+                               rows == spec.output_shape[0]):
+            # one chunk buffer per worker thread
+            workers, largest = column_workers(spec, column_items(spec, images, rows))
+            columns = workers * largest
         padded = 0
         if any(lo or hi for lo, hi in spec.pad_widths):
             padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
@@ -262,21 +292,32 @@ class Im2col:
             return self._run_shared_gemm(x_padded, w, out, images, spec)
         rows_total = spec.output_shape[0]
         rest = p // rows_total  # positions per output row
-        buffer = np.empty(min(images, n) * g * c * k * rows * rest, dtype=out.dtype)
+        items = column_items(spec, images, rows)
+        workers, largest = column_workers(spec, items)
         taps = list(enumerate(tap_offsets(spec)))
-        for n0 in range(0, n, images):
-            nb = min(images, n - n0)
-            # one strided (nb, G, C, *out) view per tap
-            views = [tap_view(x_padded[n0:n0 + nb], tap, spec) for _, tap in taps]
-            for r0 in range(0, rows_total, rows):
-                r1 = min(r0 + rows, rows_total)
+        queue = LockedIterator(items)
+
+        def worker() -> None:
+            # Each worker gathers its own chunks and multiplies them with one BLAS thread:
+            # the gather (a strided NumPy copy, single-threaded) then runs on every core
+            # too, instead of only the GEMM (measured: 3x3/2 128->128 @56 batch 8 11.8 ->
+            # 9.0 ms on 2 threads).
+            buffer = np.empty(largest, dtype=out.dtype)
+            for n0, nb, r0, r1 in queue:
                 cols = buffer[: nb * g * c * k * (r1 - r0) * rest].reshape(
                     nb, g, c, k, r1 - r0, *spec.output_shape[1:])
-                for kk, _ in taps:
-                    cols[:, :, :, kk] = views[kk][:, :, :, r0:r1]
+                part = x_padded[n0:n0 + nb]
+                for kk, tap in taps:  # one strided (nb, G, C, *out) view per tap
+                    cols[:, :, :, kk] = tap_view(part, tap, spec)[:, :, :, r0:r1]
                 # (nb, G, O, R*rest) = (G, O, C*K) @ (nb, G, C*K, R*rest), into the output slice
                 np.matmul(w, cols.reshape(nb, g, c * k, (r1 - r0) * rest),
                           out=out[n0:n0 + nb, :, :, r0 * rest:r1 * rest])
+
+        if workers == 1:
+            worker()
+        else:
+            with single_threaded_blas():
+                run_parallel([worker] * workers)
         return out.reshape(spec.full_output_shape)
 
     @staticmethod
