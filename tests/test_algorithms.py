@@ -409,7 +409,9 @@ def test_im2col_worker_threads_split_chunks(threads: int, batch: int, column_byt
     monkeypatch.setattr(im2col_module, "get_num_threads", lambda: threads)
     spec = canonical_spec(Case("t", x.shape, w.shape, stride=(2, 1), padding=1, groups=2), x, w)
     items = im2col_module.column_items(spec, *im2col_module.column_chunk(spec))
-    assert len(items) >= min(threads, batch * spec.output_shape[0])
+    assert len(items) >= min(threads, batch)
+    workers, _ = im2col_module.column_workers(spec, items)
+    assert workers == min(threads, len(items))
     covered = np.zeros((batch, spec.output_shape[0]), dtype=int)
     for n0, nb, r0, r1 in items:
         covered[n0:n0 + nb, r0:r1] += 1

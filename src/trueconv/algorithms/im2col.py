@@ -203,15 +203,17 @@ def _fill_phase_plane(target: np.ndarray, x: np.ndarray, phase: tuple[int, ...],
 def column_items(spec: ConvSpec, images: int, rows: int) -> list[tuple[int, int, int, int]]:
     """Chunks ``(first image, images, first row, stop row)`` of the column matrix.
 
-    At least one per thread when the problem allows it: chunks of ``images`` images
-    (or row bands of one image) are split further, by images first, then by rows.
+    Strided convolutions get at least one chunk of whole images per thread where the
+    batch allows: their gather (a strided NumPy copy, single-threaded) is slow enough
+    that running it on every core pays (3x3/2 128->128 @56 batch 8: 11.5 -> 10.3 ms on
+    2 threads). Elsewhere, and for row bands of one image, OpenBLAS's own threads on
+    one larger product measured faster (conv1d k=3 batch 8: 3.8 vs 4.1-4.5 ms; ResNet
+    conv1 and 3x3/2 at batch 1: 1.3-1.6 vs 1.5-2.1 ms).
     """
     threads = max(1, get_num_threads())
     n, rows_total = spec.batch, spec.output_shape[0]
-    if -(-n // images) * -(-rows_total // rows) < threads:
+    if any(s > 1 for s in spec.stride) and rows == rows_total and -(-n // images) < threads:
         images = max(1, min(images, -(-n // threads)))
-        if -(-n // images) < threads and images == 1:
-            rows = max(1, min(rows, -(-rows_total // threads)))
     return [(n0, min(images, n - n0), r0, min(r0 + rows, rows_total))
             for n0 in range(0, n, images) for r0 in range(0, rows_total, rows)]
 
@@ -222,7 +224,8 @@ def column_workers(spec: ConvSpec, items: list[tuple[int, int, int, int]]) -> tu
     largest = max(nb * (r1 - r0) for _, nb, r0, r1 in items) * \
         spec.in_channels * spec.kernel_size * math.prod(spec.output_shape[1:])
     fit = get_memory_limit() // 4 // max(1, largest * spec.itemsize)
-    return max(1, min(get_num_threads(), len(items), fit)), largest
+    threads = get_num_threads() if any(s > 1 for s in spec.stride) else 1
+    return max(1, min(threads, len(items), fit)), largest
 
 
 class Im2col:
@@ -298,10 +301,8 @@ class Im2col:
         queue = LockedIterator(items)
 
         def worker() -> None:
-            # Each worker gathers its own chunks and multiplies them with one BLAS thread:
-            # the gather (a strided NumPy copy, single-threaded) then runs on every core
-            # too, instead of only the GEMM (measured: 3x3/2 128->128 @56 batch 8 11.8 ->
-            # 9.0 ms on 2 threads).
+            # Each worker gathers its own chunks and multiplies them with one BLAS thread,
+            # so the gather runs on every core too (strided problems, see column_items).
             buffer = np.empty(largest, dtype=out.dtype)
             for n0, nb, r0, r1 in queue:
                 cols = buffer[: nb * g * c * k * (r1 - r0) * rest].reshape(
