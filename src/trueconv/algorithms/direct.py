@@ -8,8 +8,9 @@ split by the engine gives bitwise the same result):
   and float64 with 1 to 3 spatial dims, when channels per group are few
   (at most 8: depthwise, single-image filtering, RGB input) or the dtype is integer
   (NumPy's integer matmul has no BLAS). Each output tile stays in L1/L2
-  while every tap adds ``w * window`` to it in a vectorized loop; zero padding
-  is materialized per tile only, never for the whole input.
+  while groups of up to 8 taps add ``w * input`` to it in vectorized passes;
+  tile interiors read the input in place (small kernels, stride 1) and zero
+  padding is materialized per border tile only, never for the whole input.
 * **GEMM per tap** (the fallback and the many-channel path): for each tap the
   strided input view it touches is multiplied by that tap's ``(O, C)`` weight
   slice and added to the output ("shift and accumulate"). It needs no
@@ -88,13 +89,18 @@ class Direct:
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
         if uses_compiled_kernel(spec):
-            # contiguous copies of x and weight (when given views) and one tile's
-            # accumulator and zero-padded window per thread; never a padded input
-            scratch = _numba_kernels().scratch_elements(
+            # contiguous copies of x and weight (when given views), one tile's
+            # accumulator and zero-padded window plus the int64 tap offsets per
+            # thread, and the 4 KiB that place the output apart from x; never a
+            # padded input
+            kernels = _numba_kernels()
+            scratch = kernels.scratch_elements(
                 spec.kernel_shape, spec.stride, spec.dilation, spec.output_shape)
-            return (spec.batch * spec.in_channels * math.prod(spec.input_shape)
-                    + spec.out_channels * spec.in_channels_per_group * spec.kernel_size
-                    + get_num_threads() * scratch) * spec.itemsize
+            offsets = spec.in_channels_per_group * spec.kernel_size * 8
+            return ((spec.batch * spec.in_channels * math.prod(spec.input_shape)
+                     + spec.out_channels * spec.in_channels_per_group * spec.kernel_size
+                     + get_num_threads() * scratch) * spec.itemsize
+                    + get_num_threads() * offsets + kernels.OUTPUT_PLACEMENT_BYTES)
         padded = spec.batch * spec.in_channels * math.prod(spec.padded_shape)
         one_tap = spec.batch * spec.in_channels * output_positions(spec)
         return (padded + 2 * one_tap) * spec.itemsize
