@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal, Sequence
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -107,6 +108,10 @@ def signal_pad_widths(kernel_size: int, mode: str, mirrored: bool = False) -> tu
 class ConvSpec:
     """One convolution in canonical form; hashable, so it keys the plan cache.
 
+    Derived shapes are computed once per instance (``cached_property`` stores
+    them beside the fields; equality and hashing see the fields only): every
+    call asks for them several times, and small layers feel each microsecond.
+
     Shapes are those the algorithms see: ``x`` is ``(batch, in_channels,
     *input_shape)`` *after* any non-zero ``padding_mode`` pre-pass, and
     ``pad_widths`` are the zero pads still to apply. ``weight`` is ``(out_channels,
@@ -137,15 +142,15 @@ class ConvSpec:
     def out_channels_per_group(self) -> int:
         return self.out_channels // self.groups
 
-    @property
+    @cached_property
     def padded_shape(self) -> tuple[int, ...]:
         return tuple(n + lo + hi for n, (lo, hi) in zip(self.input_shape, self.pad_widths))
 
-    @property
+    @cached_property
     def effective_kernel_shape(self) -> tuple[int, ...]:
         return tuple(map(effective_kernel_size, self.kernel_shape, self.dilation))
 
-    @property
+    @cached_property
     def output_shape(self) -> tuple[int, ...]:
         return tuple(
             map(conv_output_size, self.padded_shape, self.kernel_shape, self.stride, self.dilation)
@@ -155,11 +160,11 @@ class ConvSpec:
     def full_output_shape(self) -> tuple[int, ...]:
         return (self.batch, self.out_channels, *self.output_shape)
 
-    @property
+    @cached_property
     def kernel_size(self) -> int:
         return math.prod(self.kernel_shape)
 
-    @property
+    @cached_property
     def itemsize(self) -> int:
         import numpy as np
 
