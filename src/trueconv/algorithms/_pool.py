@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["LockedIterator", "run_parallel", "single_threaded_blas"]
+__all__ = ["LockedIterator", "run_parallel", "scratch", "single_threaded_blas"]
 
 
 class LockedIterator:
@@ -112,3 +112,48 @@ def single_threaded_blas() -> Iterator[None]:
             if _blas_users == 0:
                 _blas_limiter.restore_original_limits()
                 _blas_limiter = None
+
+
+# ---------------------------------------------------------------------------
+# Reused scratch buffers. On this kind of (virtualized) machine a page fault costs
+# 2-3 us, and glibc hands buffers of a few hundred KiB to a few MiB back to the kernel
+# when they are freed (mmap threshold, heap trimming), so every call faulted them in
+# again: 1,080 faults, about 2 ms, in a 1 ms Winograd call (128->128 @28, batch 1).
+# Per-thread buffers, kept between calls, remove that; each stays at most
+# SCRATCH_KEEP_BYTES (larger requests get a fresh array that is not kept).
+# ---------------------------------------------------------------------------
+#: Largest scratch buffer a thread keeps between calls, per key.
+SCRATCH_KEEP_BYTES = 32 * 2**20
+
+_scratch = threading.local()
+
+
+def scratch(key: str, size: int, dtype: Any) -> Any:
+    """An uninitialized 1-D array of ``size`` items, reused by this thread across calls.
+
+    The contents are garbage and the buffer is overwritten by the next request for
+    ``key`` in the same thread: use it only within one call, never return it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = scratch("doc", 10, np.float32)
+    >>> b = scratch("doc", 8, np.float32)
+    >>> a.shape, b.shape, np.shares_memory(a, b)
+    ((10,), (8,), True)
+    """
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    nbytes = size * dtype.itemsize
+    if nbytes > SCRATCH_KEEP_BYTES:
+        return np.empty(size, dtype=dtype)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    raw = buffers.get(key)
+    if raw is None or raw.nbytes < nbytes:
+        # a little headroom, so that slowly growing requests do not reallocate every call
+        raw = buffers[key] = np.empty(min(SCRATCH_KEEP_BYTES, max(nbytes, nbytes * 5 // 4, 64)),
+                                      dtype=np.uint8)
+    return raw[:nbytes].view(dtype)

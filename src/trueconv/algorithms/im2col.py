@@ -61,7 +61,7 @@ from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
 from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_view, zero_pad
-from ._pool import LockedIterator, run_parallel, single_threaded_blas
+from ._pool import LockedIterator, run_parallel, scratch, single_threaded_blas
 
 #: Column-matrix bytes per chunk: big enough for BLAS to run at speed, small enough for L2/L3.
 COLUMN_BYTES = 8 * 2**20
@@ -303,7 +303,7 @@ class Im2col:
         def worker() -> None:
             # Each worker gathers its own chunks and multiplies them with one BLAS thread,
             # so the gather runs on every core too (strided problems, see column_items).
-            buffer = np.empty(largest, dtype=out.dtype)
+            buffer = scratch("im2col.columns", largest, out.dtype)
             for n0, nb, r0, r1 in queue:
                 cols = buffer[: nb * g * c * k * (r1 - r0) * rest].reshape(
                     nb, g, c, k, r1 - r0, *spec.output_shape[1:])
@@ -340,7 +340,8 @@ class Im2col:
         windows = windows.transpose(order)
         for n0 in range(0, n, images):
             nb = min(images, n - n0)
-            cols = np.empty((g, c, *spec.kernel_shape, nb, *spec.output_shape), dtype=out.dtype)
+            cols = scratch("im2col.columns", g * c * k * nb * p, out.dtype).reshape(
+                g, c, *spec.kernel_shape, nb, *spec.output_shape)
             np.copyto(cols, windows[(slice(None),) * (2 + nd) + (slice(n0, n0 + nb),)])
             # (G, O, nb*P) = (G, O, C*K) @ (G, C*K, nb*P)
             product = np.matmul(w, cols.reshape(g, c * k, nb * p))

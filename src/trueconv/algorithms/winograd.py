@@ -89,7 +89,7 @@ import numpy as np
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import LockedIterator, run_parallel, single_threaded_blas
+from ._pool import LockedIterator, run_parallel, scratch, single_threaded_blas
 
 _F = Fraction
 
@@ -769,7 +769,7 @@ class Winograd:
         # weights split the input channels over the threads.
         taps = np.ascontiguousarray(weight, dtype=dtype).reshape(g, o, c, spec.kernel_size)
         taps = taps.transpose(0, 2, 3, 1)  # (G, C, K, O) view
-        u = np.empty((t, g, c, o), dtype=dtype)
+        u = scratch("winograd.u", t * g * c * o, dtype).reshape(t, g, c, o)
         u_gcto = u.transpose(1, 2, 0, 3)
         parts = min(max(1, get_num_threads()), c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
         cuts = [c * k // parts for k in range(parts + 1)]
@@ -781,8 +781,8 @@ class Winograd:
         def worker() -> None:
             # Each worker owns its V and M buffers and runs whole blocks: transform in,
             # GEMM, transform out, while the block is still in its core's cache.
-            v_buffer = np.empty(t * g * c * block_tiles, dtype=dtype)
-            m_buffer = np.empty(t * g * o * block_tiles, dtype=dtype)
+            v_buffer = scratch("winograd.v", t * g * c * block_tiles, dtype)
+            m_buffer = scratch("winograd.m", t * g * o * block_tiles, dtype)
             for block in queue:
                 n0, n1, d0, d1, h0, h1, w0, w1 = block
                 tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
