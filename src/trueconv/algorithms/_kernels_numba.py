@@ -46,8 +46,8 @@ have no matrix product worth a gather (OpenCV's ``filter2D`` is the same idea,
 hand vectorized).
 
 Threads: the loops are ``nogil`` and serial; :func:`correlate` hands tile
-ranges to a small thread pool (plus the calling thread) from a shared
-counter, :func:`trueconv.get_num_threads` threads in all. Not
+ranges to the shared worker pool (``_pool.run_parallel``, plus the calling
+thread) from a shared counter, :func:`trueconv.get_num_threads` threads in all. Not
 ``parallel=True``/``prange``: the parallel wrapper doubled the first-call
 compile time (measured; CI compiles from a clean clone), and a static prange
 split waits for the slowest thread when another process holds a core, while a
@@ -72,14 +72,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
 from .._threads import get_num_threads
+from ._pool import run_parallel
 
 #: Output columns per tile: long rows (1-D signals) are split so that both
 #: threads get work and a tile's buffers stay in L1/L2.
@@ -413,34 +411,6 @@ def tile_count(output_shape3: tuple[int, ...], batch: int, out_channels: int,
     return batch * out_channels * out_d * -(-out_h // tile_rows) * -(-out_w // tile_cols)
 
 
-class _Pool:
-    """Worker threads for the nogil loops (the calling thread works too).
-
-    Sized by :func:`get_num_threads`; replaced, never shut down, when that
-    changes (a call in flight keeps its executor alive; idle workers of a
-    dropped executor exit once it is garbage collected), and reset after a
-    fork (a forked child has no workers).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._workers = 0
-
-    def executor(self, workers: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None or self._workers != workers:
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="trueconv")
-                self._workers = workers
-            return self._executor
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._executor, self._workers = None, 0
-
-
-_POOL = _Pool()
-os.register_at_fork(after_in_child=_POOL.reset_after_fork)
 
 
 def _empty_apart(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -503,10 +473,6 @@ def correlate(
                     return
                 _correlate_tiles(*args, bounds[task], bounds[task + 1])
 
-        pool = _POOL.executor(max(get_num_threads() - 1, 1))
-        futures = [pool.submit(work) for _ in range(threads - 1)]
-        work()
-        for future in futures:
-            if not future.cancel():  # a worker that never started has nothing left to do
-                future.result()
+        # the calling thread plus pool threads (a late starter finds the counter spent)
+        run_parallel([work] * threads)
     return out.reshape(x.shape[0], weight.shape[0], *output_shape)

@@ -1,10 +1,11 @@
 """The worker threads and BLAS thread limit that the algorithms share.
 
 Algorithms that parallelize over their own work items (Winograd's tile
-blocks, im2col's column chunks, the dilation phases) run them on one
-persistent pool, the first item in the calling thread, each with a single
-BLAS thread: the matrix products are small, and OpenBLAS's own threads gain
-little on them and stall badly when the cores are shared.
+blocks and dilation phases, im2col's column chunks, the compiled direct
+loops' tile ranges, FFT's tile runs) run them on one persistent pool, the
+first item in the calling thread; the BLAS users among them run each worker
+with a single BLAS thread: their matrix products are small, and OpenBLAS's
+own threads gain little on them and stall badly when the cores are shared.
 """
 
 from __future__ import annotations

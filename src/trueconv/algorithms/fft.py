@@ -53,9 +53,7 @@ import functools
 import inspect
 import itertools
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,6 +63,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .._spec import ConvSpec
 from .._threads import get_num_threads
+from ._pool import LockedIterator, run_parallel
 
 __all__ = [
     "FFT", "TilePlan", "tile_plan", "error_bound", "fft_shape", "fast_length", "dilate_kernel",
@@ -404,7 +403,7 @@ def convolve_tiles(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, plan: Tile
             # tiles' forward transforms; they wait for it before the product
             kernel_freq = _Pending()
             task = functools.partial(_run_tiles, x, kernel_freq, spec, plan, out, workers)
-            _POOL.run(task, runs, threads, first=functools.partial(kernel_freq.compute, spectrum))
+            _run_items(task, runs, threads, first=functools.partial(kernel_freq.compute, spectrum))
         else:
             task = functools.partial(_run_tiles, x, spectrum(), spec, plan, out, workers)
             for run in runs:
@@ -674,62 +673,28 @@ def _store(out: np.ndarray, valid: np.ndarray, lead: tuple[int, ...], first: int
                 valid[..., j, :stop - start]
 
 
-class _Pool:
-    """Worker threads for chunks of tiles; the calling thread works too.
+def _run_items(task, items: list, threads: int, first=None) -> None:
+    """Call ``task(item)`` for every item on up to ``threads`` threads; re-raise errors.
 
-    Sized by the thread count of the call; replaced (never shut down) when it
-    changes, and reset after a fork (a forked child has no workers). Chunks
-    are handed out one at a time, so uneven chunks balance themselves.
+    ``first()``, if given, runs on the calling thread before it takes items. The
+    calling thread works too, on the shared pool of ``_pool.run_parallel``; items are
+    handed out one at a time, so uneven items balance themselves.
     """
+    queue = LockedIterator(items)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._workers = 0
+    def drain() -> None:
+        for item in queue:
+            task(item)
 
-    def _executor_for(self, workers: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None or self._workers != workers:
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="trueconv-fft")
-                self._workers = workers
-            return self._executor
+    def lead() -> None:
+        if first is not None:
+            first()
+        drain()
 
-    def run(self, task, items: list, threads: int, first=None) -> None:
-        """Call ``task(item)`` for every item on up to ``threads`` threads; re-raise errors.
-
-        ``first()``, if given, runs on the calling thread before it takes items.
-        """
-        helpers = min(threads, len(items)) - 1
-        executor = self._executor_for(threads - 1)
-        order = iter(items)
-        lock = threading.Lock()
-
-        def drain() -> None:
-            while True:
-                with lock:
-                    item = next(order, None)
-                if item is None:
-                    return
-                task(item)
-
-        futures = [executor.submit(drain) for _ in range(helpers)]
-        try:
-            if first is not None:
-                first()
-            drain()
-        except BaseException:
-            for future in futures:  # let the helpers finish; the caller's error wins
-                future.exception()
-            raise
-        for future in futures:
-            future.result()
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._executor, self._workers = None, 0
+    helpers = max(0, min(threads, len(items)) - 1)
+    run_parallel([lead] + [drain] * helpers)
 
 
-_POOL = _Pool()
 
 
 class _Pending:
@@ -754,7 +719,6 @@ class _Pending:
         if self._error is not None:
             raise RuntimeError("the kernel spectrum failed in another thread") from self._error
         return self._value
-os.register_at_fork(after_in_child=_POOL.reset_after_fork)
 
 
 def _spectrum_shape(lengths: tuple[int, ...], is_complex: bool) -> tuple[int, ...]:
