@@ -129,11 +129,13 @@ SCRATCH_KEEP_BYTES = 32 * 2**20
 _scratch = threading.local()
 
 
-def scratch(key: str, size: int, dtype: Any) -> Any:
+def scratch(key: str, size: int, dtype: Any, keep: int | None = None) -> Any:
     """An uninitialized 1-D array of ``size`` items, reused by this thread across calls.
 
     The contents are garbage and the buffer is overwritten by the next request for
     ``key`` in the same thread: use it only within one call, never return it.
+    Requests over ``keep`` bytes (default :data:`SCRATCH_KEEP_BYTES`) get a fresh
+    array that is not kept.
 
     Examples
     --------
@@ -147,7 +149,8 @@ def scratch(key: str, size: int, dtype: Any) -> Any:
 
     dtype = np.dtype(dtype)
     nbytes = size * dtype.itemsize
-    if nbytes > SCRATCH_KEEP_BYTES:
+    keep = SCRATCH_KEEP_BYTES if keep is None else keep
+    if nbytes > keep:
         return np.empty(size, dtype=dtype)
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
@@ -155,6 +158,5 @@ def scratch(key: str, size: int, dtype: Any) -> Any:
     raw = buffers.get(key)
     if raw is None or raw.nbytes < nbytes:
         # a little headroom, so that slowly growing requests do not reallocate every call
-        raw = buffers[key] = np.empty(min(SCRATCH_KEEP_BYTES, max(nbytes, nbytes * 5 // 4, 64)),
-                                      dtype=np.uint8)
+        raw = buffers[key] = np.empty(min(keep, max(nbytes, nbytes * 5 // 4, 64)), dtype=np.uint8)
     return raw[:nbytes].view(dtype)

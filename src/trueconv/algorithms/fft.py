@@ -63,7 +63,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import LockedIterator, run_parallel
+from ._pool import LockedIterator, run_parallel, scratch
 
 __all__ = [
     "FFT", "TilePlan", "tile_plan", "error_bound", "fft_shape", "fast_length", "dilate_kernel",
@@ -558,25 +558,14 @@ def _complex_dtype(spec: ConvSpec) -> np.dtype:
     return np.result_type(_work_dtype(spec), np.complex64)
 
 
-_LOCAL = threading.local()
-
-
 def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A per-thread scratch array ``name`` of ``shape``, reused from call to call.
 
-    Storage up to :data:`BUFFER_CACHE_BYTES` per name stays with the thread
-    (its pages are faulted in once); larger requests are plain allocations.
-    Callers never hand these arrays out.
+    Storage up to :data:`BUFFER_CACHE_BYTES` per name stays with the thread (its
+    pages are faulted in once); larger requests are plain allocations. Callers
+    never hand these arrays out.
     """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    cache = _LOCAL.__dict__.setdefault("buffers", {})
-    storage = cache.get(name)
-    if storage is None or storage.nbytes < nbytes:
-        storage = np.empty(max(nbytes, 1), dtype=np.uint8)
-        if nbytes <= BUFFER_CACHE_BYTES:
-            cache[name] = storage
-    return storage[:nbytes].view(dtype).reshape(shape)
+    return scratch(f"fft.{name}", math.prod(shape), dtype, keep=BUFFER_CACHE_BYTES).reshape(shape)
 
 
 def _channel_sum(x_freq: np.ndarray, kernel_freq: np.ndarray, buffered: bool) -> np.ndarray:
