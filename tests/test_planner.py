@@ -366,3 +366,51 @@ def test_num_threads_from_environment(monkeypatch, restore_threads):
         trueconv.get_num_threads()
     monkeypatch.delenv("TRUECONV_NUM_THREADS")
     assert trueconv.get_num_threads() == (os.cpu_count() or 1)
+
+
+# --- exact algorithms within the model's margin ------------------------------------
+
+@pytest.mark.parametrize("transform_seconds, exact_seconds, expect_exact", [
+    (1e-3, 1.05e-3, True),    # within 10% and 100 us: the exact algorithm
+    (1e-5, 9e-5, True),       # tiny: 9x apart, but only 80 us
+    (1e-3, 1.3e-3, False),    # 30% and 300 us faster: the transform
+    (10e-3, 10.9e-3, True),
+    (10e-3, 11.5e-3, False),
+])
+def test_exact_algorithm_preferred_within_the_margin(monkeypatch, transform_seconds,
+                                                     exact_seconds, expect_exact):
+    def fake(spec, name, batch_chunk=None):
+        return transform_seconds if name == "fft" else exact_seconds if name == "direct" else 1.0
+
+    monkeypatch.setattr(_planner, "predict_seconds", fake)
+    plan = choose(spec2d(n=1, c=2, o=2, size=(20, 20), k=5))
+    assert plan.algorithm == ("direct" if expect_exact else "fft")
+    if expect_exact:
+        assert "within the model's margin" in plan.reason and "fft" in plan.reason
+
+
+def test_tiny_problems_keep_the_exact_sum(monkeypatch):
+    # a 3x3 filter on a small image: integer-valued data must come back integer-valued
+    x = np.arange(120.0).reshape(1, 1, 12, 10) % 7
+    w = np.array([[0.0, -1, 0], [-1, 5, -1], [0, -1, 0]]).reshape(1, 1, 3, 3)
+    for threads in (1, 2):
+        monkeypatch.setattr(_threads, "_num_threads", threads)
+        out, plan = conv_with_plan(x, w, padding=1)
+        assert ALGORITHMS[plan.algorithm].exact
+        assert np.array_equal(out, np.round(out))
+
+
+def test_plan_cache_follows_the_thread_count(monkeypatch):
+    seen = []
+    real = _planner.heuristic_plan
+
+    def spy(*args, **kwargs):
+        seen.append(_threads.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_planner, "heuristic_plan", spy)
+    spec = spec2d()
+    for threads in (1, 2, 1, 2):
+        monkeypatch.setattr(_threads, "_num_threads", threads)
+        choose(spec)
+    assert seen == [1, 2]

@@ -175,15 +175,16 @@ def test_explicit_algorithm_refusal_propagates_from_backward():
     from trueconv._grad import gradient_specs
     from trueconv._spec import normalize_conv
 
-    forward, _, _ = normalize_conv((1, 1, 6, 6), (1, 1, 3, 3), None, 1, 0, 1, 1, "zeros",
+    # dilation 2: Winograd serves the forward (as phases) but not its weight gradient
+    # (a 3x3 output from a stride-2 view of the input)
+    forward, _, _ = normalize_conv((1, 1, 8, 8), (1, 1, 3, 3), None, 1, 0, 2, 1, "zeros",
                                    "correlation", "test", "float64")
     weight_spec = gradient_specs(forward)["weight"]
     refusing = [name for name, a in sorted(ALGORITHMS.items())
                 if a.supports(forward) is None and a.supports(weight_spec) is not None]
-    if not refusing:
-        pytest.skip("every registered algorithm serves this weight gradient")
-    x = torch.randn(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
-    layer = tct.Conv2d(1, 1, 3, dtype=torch.float64, algorithm=refusing[0])
+    assert refusing == ["winograd"]
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    layer = tct.Conv2d(1, 1, 3, dilation=2, dtype=torch.float64, algorithm=refusing[0])
     y = layer(x)
     with pytest.raises(ValueError, match=rf"conv_grad \(grad_weight\): algorithm='{refusing[0]}'"
                                          r" cannot serve this call"):

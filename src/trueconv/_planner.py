@@ -35,6 +35,7 @@ from . import _autotune
 from ._calibration import active_calibration, coefficients, precision_class
 from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
+from ._threads import get_num_threads
 from .algorithms import ALGORITHMS
 
 __all__ = [
@@ -159,10 +160,19 @@ def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
     from .algorithms import winograd as winograd_module
 
     m = ALGORITHMS["winograd"].tile_size(spec)
+    if winograd_module.is_weight_gradient_form(spec):
+        # the weight-gradient form tiles the kernel (the output gradient), not the output
+        return math.prod(-(-k // m) for k in spec.kernel_shape), (m + 2) ** 2
     # a dilated problem runs as prod(dilation) phase images per image
     phases = winograd_module.phase_spec(spec)
     tiles = math.prod(-(-o // m) for o in phases.output_shape) * math.prod(spec.dilation)
     return tiles, (m + 2) ** spec.spatial_ndim
+
+
+def _winograd_weight_form(spec: ConvSpec) -> bool:
+    from .algorithms import winograd as winograd_module
+
+    return winograd_module.is_weight_gradient_form(spec)
 
 
 def _fft_tiles(spec: ConvSpec) -> tuple[int, int]:
@@ -236,6 +246,17 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         return [float(transforms), freq_macs, float(n * g * (c + o) * tiles * points * itemsize), 1.0]
     if name == "winograd":
         tiles, per_tile = _winograd_tiles(spec)
+        if _winograd_weight_form(spec):
+            # weight-gradient form: each of the C input channels per group (the layer's
+            # images) has `tiles` kernel tiles; V transforms them over the N batch items (the
+            # layer's channels), U over the O kernels; one (O, tiles) @ (tiles, N) product per
+            # point into per-worker (O, N) accumulators M; the passes over M (a memory pass
+            # costs about 0.4 of a forward weight-transform entry, measured on 256->256 @14)
+            # and G^T M G at the end
+            passes = ALGORITHMS["winograd"].weight_form_m_passes(spec)
+            return [float(g * c * (n + o) * tiles * per_tile),
+                    float(g * o * n * c * tiles * per_tile),
+                    float(g * o * n * per_tile) * (1 + 0.4 * passes), 1.0]
         # input and output transforms per tile; the (O, C) products per transform point; the
         # weight transform G g G^T, redone every call, which dominates for many channels
         # on small images (512->512 @7)
@@ -305,6 +326,15 @@ def _source() -> str:
             f"{threads} thread{'s' if threads != 1 else ''} ({date})")
 
 
+#: ``auto`` takes an exact algorithm over a transform (FFT, Winograd) unless the transform is
+#: predicted faster by more than 10% and 100 us: tiny problems, whose predictions are mostly
+#: the fitted per-call constants (the 2-thread fit gave FFT a 2 us one), then keep the plain direct sum (an FFT on a 12x10 image
+#: gave 361.99999999999994 for 362), while layers keep their transform (Winograd on 256->256
+#: @14 batch 8 is predicted 17% faster than im2col).
+EXACT_MARGIN = 1.1
+EXACT_SLACK = 100e-6
+
+
 def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -> Plan:
     """Pick the eligible algorithm with the lowest predicted time; the reason says why."""
     eligible, excluded = candidates(spec, facts, limit)
@@ -317,6 +347,16 @@ def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan
     fits = {name: (chunk, workspace) for name, chunk, workspace in eligible}
     ranked = _ranked(spec, eligible)
     best_time, best = ranked[0]
+    exact = [(t, name) for t, name in ranked if ALGORITHMS[name].exact]
+    if not ALGORITHMS[best].exact and exact and exact[0][0] <= EXACT_MARGIN * best_time + EXACT_SLACK:
+        # Within the model's own error of a transform, the exact algorithm wins: its result
+        # is the plain direct sum (integers stay integers) and does not depend on the choice.
+        exact_time, exact_name = exact[0]
+        others = ", ".join(f"{name} {format_seconds(t)}" for t, name in ranked if name != exact_name)
+        reason = (f"{exact_name} is exact and predicted within the model's margin of the fastest "
+                  f"({format_seconds(exact_time)}; {others}) by {_source()}"
+                  f"{_excluded_clause(excluded)}")
+        return Plan(exact_name, reason, fits[exact_name][1], fits[exact_name][0])
     if len(ranked) == 1:
         reason = f"{best} is the only eligible algorithm{_excluded_clause(excluded)}"
     else:
@@ -345,7 +385,10 @@ def tuned_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose_cached(spec: ConvSpec, algorithm: str, facts: DataFacts, limit: int, fn: str) -> Plan:
+def _choose_cached(spec: ConvSpec, algorithm: str, facts: DataFacts, limit: int, fn: str,
+                   threads: int = 1) -> Plan:
+    # ``threads`` is part of the key: the calibration table, the workspaces and the
+    # algorithms' own splits depend on it
     if algorithm != "auto":
         reason = eligibility(spec, algorithm, facts)
         if reason is not None:
@@ -371,7 +414,7 @@ def choose(spec: ConvSpec, algorithm: str = "auto", facts: DataFacts = DataFacts
     limit = get_memory_limit()
     if algorithm == "auto" and spec.batch > 0 and _autotune.autotune_enabled():
         return tuned_plan(spec, facts, limit, fn)
-    return _choose_cached(spec, algorithm, facts, limit, fn)
+    return _choose_cached(spec, algorithm, facts, limit, fn, get_num_threads())
 
 
 plan_cache = _choose_cached

@@ -26,6 +26,10 @@ transform ``U`` is one small GEMM per input channel written straight into its
 GEMM layout. Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
 
+The weight gradient of a stride-1 3x3 2-D layer runs as a second form of the
+same transforms, tiling the output gradient instead of the output (see
+:class:`Winograd` and :func:`is_weight_gradient_form`).
+
 Dilation (stride 1): an axis dilated by ``d`` splits into ``d`` interleaved
 phases, each an undilated correlation of every ``d``-th padded input sample
 (TensorFlow's ``atrous_conv2d`` by ``space_to_batch``). The ``prod(d)`` phases
@@ -137,6 +141,10 @@ _IDENTITY = (((1,),), ((1,),), ((1,),))
 # channel sum in the transform domain); float64 scales it by eps64 / eps32.
 _FLOAT32_BOUND = {(2, 1): 6e-7, (4, 1): 3e-6, (2, 2): 7e-7, (4, 2): 1.2e-5,
                   (2, 3): 8e-7, (4, 3): 4e-5}
+# The weight-gradient form (see is_weight_gradient_form), measured the same way per m at a
+# transform-domain reduction length of 64 (class docstring), about twice the measurement; it
+# grows like sqrt(reduction / 64).
+_WG_FLOAT32_BOUND = {2: 5e-7, 4: 5e-6}
 #: Tolerance the planner holds float32 results to (tests/references.py, EDGE_CASES 3.3).
 FLOAT32_TOLERANCE = 1e-4
 #: Workspace per tile block (transformed input + GEMM result): about L2-sized blocks keep the
@@ -144,6 +152,8 @@ FLOAT32_TOLERANCE = 1e-4
 CHUNK_BYTES = 2 * 2**20
 #: ... but a block needs enough tiles (GEMM rows) for BLAS to run near its peak.
 MIN_BLOCK_TILES = 128
+#: The weight-gradient form's blocks hold at least this many tiles (its GEMMs' reduction axis).
+WG_MIN_BLOCK_TILES = 512
 #: Work is spread over threads only in blocks of at least this many tiles (batch-1 layers
 #: of 128 channels @28 and 256 @14 ran about 1.4x slower on 2 threads than on 1 without it).
 MIN_SPLIT_TILES = 64
@@ -155,6 +165,47 @@ def error_bound_for(m: int, spatial_ndim: int, in_channels: int, dtype: object) 
     if np.dtype(dtype) == np.float64:
         bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
     return bound
+
+
+def weight_gradient_error_bound(m: int, reduction: int, dtype: object) -> float:
+    """Expected max error of the weight-gradient form's F(m, 3), relative to the output scale.
+
+    ``reduction`` is the length of the transform-domain sums: input channels per
+    group times tiles per image (each image of the forward batch is one input
+    channel of the form, see :func:`is_weight_gradient_form`).
+    """
+    bound = _WG_FLOAT32_BOUND[m] * math.sqrt(max(reduction, 64) / 64)
+    if np.dtype(dtype) == np.float64:
+        bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
+    return bound
+
+
+def _weight_form_shape(spec: ConvSpec) -> bool:
+    """A 3-sample output on every axis from a kernel that is not 3 on every axis."""
+    nd = spec.spatial_ndim
+    return spec.output_shape == (3,) * nd and any(k != 3 for k in spec.kernel_shape)
+
+
+def is_weight_gradient_form(spec: ConvSpec) -> bool:
+    """True if Winograd serves ``spec`` as the weight gradient of a 3x3 convolution.
+
+    That is a 2-D, stride-1, undilated correlation with a 3x3 output and a
+    kernel of any other shape: what ``trueconv.conv_grad`` runs for the weight
+    gradient of a stride-1 3x3 layer (input ``x`` transposed to ``(C, G*N, H, W)``,
+    the output gradient ``(G*O, N, Ho, Wo)`` as the kernel, see
+    ``trueconv._grad.weight_gradient_spec``). Its output is computed as
+    ``G^T [sum over images and kernel tiles of (A gy A^T) * (B^T x B)] G``.
+
+    Examples
+    --------
+    >>> from trueconv._spec import ConvSpec
+    >>> spec = ConvSpec(64, 8, 64, 1, (56, 56), (56, 56), (1, 1), (1, 1), ((1, 1), (1, 1)),
+    ...                 "float32")
+    >>> spec.output_shape, is_weight_gradient_form(spec)
+    ((3, 3), True)
+    """
+    return (_weight_form_shape(spec) and spec.spatial_ndim == 2
+            and all(s == 1 for s in spec.stride) and all(d == 1 for d in spec.dilation))
 
 
 def transform_arrays(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -415,6 +466,78 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                 tile += cw
 
 
+def _gradient_transform(gy, o0, o1, n0, n1, h0, h1, w0, w1, u):  # pragma: no cover
+    # Weight-gradient form (2-D): gy (N, O_total, >= h1*m, >= w1*m) the output gradient,
+    # zero past its data; u (alpha*alpha, o1-o0, tiles): A gy_tile A^T of every m x m tile of
+    # the block [n0:n1, h0:h1, w0:w1] (tiles in C order, as _input_transform numbers them),
+    # channels o0:o1. A = (A^T)^T of F(m, 3), written out (rows [1,0], [1,1], [1,-1], [0,1]
+    # for m = 2; [1,0,0,0], [1,1,1,1], [1,-1,1,-1], [1,2,4,8], [1,-2,4,-8], [0,0,0,1] for
+    # m = 4): stage H into a row of tiles laid out (point, column in tile, tile), then stage
+    # W, both inner loops along the row of tiles (a strided read of gy, contiguous writes;
+    # a contiguous stage H with strided stage-W reads ran 2.5x slower).
+    alpha = 4 if u.shape[0] == 16 else 6
+    m = alpha - 2
+    cw = w1 - w0
+    t2 = np.empty((alpha, m, cw), dtype=gy.dtype)
+    for n in range(n0, n1):
+        for th in range(h0, h1):
+            base = ((n - n0) * (h1 - h0) + (th - h0)) * cw
+            r0 = m * th
+            for o in range(o0, o1):
+                q = o - o0
+                if m == 2:
+                    for s in range(2):
+                        for tw in range(cw):
+                            col = 2 * (w0 + tw) + s
+                            g0 = gy[n, o, r0, col]
+                            g1 = gy[n, o, r0 + 1, col]
+                            t2[0, s, tw] = g0
+                            t2[1, s, tw] = g0 + g1
+                            t2[2, s, tw] = g0 - g1
+                            t2[3, s, tw] = g1
+                    for a in range(4):
+                        for tw in range(cw):
+                            h0_ = t2[a, 0, tw]
+                            h1_ = t2[a, 1, tw]
+                            u[4 * a, q, base + tw] = h0_
+                            u[4 * a + 1, q, base + tw] = h0_ + h1_
+                            u[4 * a + 2, q, base + tw] = h0_ - h1_
+                            u[4 * a + 3, q, base + tw] = h1_
+                else:
+                    for s in range(4):
+                        for tw in range(cw):
+                            col = 4 * (w0 + tw) + s
+                            g0 = gy[n, o, r0, col]
+                            g1 = gy[n, o, r0 + 1, col]
+                            g2 = gy[n, o, r0 + 2, col]
+                            g3 = gy[n, o, r0 + 3, col]
+                            e = g0 + g2
+                            f = g1 + g3
+                            e4 = g0 + 4 * g2
+                            f4 = 2 * g1 + 8 * g3
+                            t2[0, s, tw] = g0
+                            t2[1, s, tw] = e + f
+                            t2[2, s, tw] = e - f
+                            t2[3, s, tw] = e4 + f4
+                            t2[4, s, tw] = e4 - f4
+                            t2[5, s, tw] = g3
+                    for a in range(6):
+                        for tw in range(cw):
+                            h0_ = t2[a, 0, tw]
+                            h1_ = t2[a, 1, tw]
+                            h2_ = t2[a, 2, tw]
+                            h3_ = t2[a, 3, tw]
+                            e = h0_ + h2_
+                            f = h1_ + h3_
+                            e4 = h0_ + 4 * h2_
+                            f4 = 2 * h1_ + 8 * h3_
+                            u[6 * a, q, base + tw] = h0_
+                            u[6 * a + 1, q, base + tw] = e + f
+                            u[6 * a + 2, q, base + tw] = e - f
+                            u[6 * a + 3, q, base + tw] = e4 + f4
+                            u[6 * a + 4, q, base + tw] = e4 - f4
+                            u[6 * a + 5, q, base + tw] = h3_
+
 _COMPILED: dict[str, Any] = {}
 prange = range
 
@@ -433,7 +556,14 @@ def _kernels() -> tuple[Any, Any]:
                        boundscheck=False)
         _COMPILED["input"] = nb.njit(**options)(_input_transform)
         _COMPILED["output"] = nb.njit(**options)(_output_transform)
+        _COMPILED["gradient"] = nb.njit(**options)(_gradient_transform)
     return _COMPILED["input"], _COMPILED["output"]
+
+
+def _gradient_kernel() -> Any:
+    """The compiled output-gradient transform of the weight-gradient form."""
+    _kernels()
+    return _COMPILED["gradient"]
 
 
 def numba_available() -> bool:
@@ -596,6 +726,41 @@ class Winograd:
     docstring and :meth:`error_bound`), so ``auto`` never picks it for inputs
     containing NaN or Inf, which a transform spreads over whole tiles.
 
+    It also serves a second problem, *the weight-gradient form*
+    (:func:`is_weight_gradient_form`): a 2-D correlation with stride 1,
+    dilation 1 and a 3x3 output, from a kernel of any other shape, any pads
+    (asymmetric too), any groups, float32 or float64. That is the weight
+    gradient of a stride-1 3x3 layer as ``trueconv.conv_grad`` runs it (input
+    ``(C, G*N, H, W)``, the output gradient ``(G*O, N, Ho, Wo)`` as the
+    kernel). The output gradient is tiled instead of the output: per transform
+    point ``t`` one GEMM ``M[t] (O x C) += U[t] (O x tiles) @ V[t] (tiles x C)``
+    with ``V = B^T x B`` the forward input transform and ``U = A gy A^T`` the
+    output-gradient tiles', then ``dW = G^T M G``. Threads split the images and
+    tiles (the reduction) into blocks, each worker summing into its own ``M``.
+    1-D, 3-D, strided or dilated problems of this shape are refused with that
+    reason. Accuracy (``_measure_weight_form_errors``: float32, 8 -> 8
+    channels, padding 1, against a float64 direct sum; reduction length =
+    batch x tiles in brackets)::
+
+        size  batch  F(2, 3)          F(4, 3)          direct float32
+          16      1  2.4e-7 (64)      2.3e-6 (16)      1.6e-7
+          32      4  5.5e-7 (1024)    3.7e-6 (256)     2.8e-7
+          56      8  5.3e-7 (6272)    5.1e-6 (1568)    5.0e-7
+          32     64  3.4e-7 (16384)   3.9e-6 (4096)    9.5e-7
+          56     64  4.5e-7 (50176)   4.4e-6 (12544)   1.4e-6
+
+    The error barely grows with the reduction (BLAS sums in blocks); the
+    envelope :func:`weight_gradient_error_bound` (5e-7 for F(2, 3), 5e-6 for
+    F(4, 3) at a reduction of 64, times ``sqrt(reduction / 64)``) covers it
+    with a wide margin and makes :meth:`tile_size` fall back to F(2, 3) past a
+    reduction of about 25,000 (e.g. batch 128 at 56x56). 64->64 channels @56
+    batch 1/8 is 3x3 F(4, 3); speed (float32 weight gradient, ms, one thread /
+    two, busy shared 2-core VM): batch 8 64->64 @56 15.5 / 10.7 (im2col's
+    flat-shift path 28 / 15, torch 13.4 / 7.9); 128->128 @28 12.5 / 7.1
+    (im2col 18 / 11, torch 12.4 / 6.3); 256->256 @14 16 / 12.7 (im2col 17 /
+    10.5): many channels on few tiles make the ``O x C`` accumulators as
+    costly as the GEMMs, so the planner keeps im2col there and at 512 @7.
+
     Examples
     --------
     >>> import numpy as np
@@ -614,8 +779,18 @@ class Winograd:
     exact: ClassVar[bool] = False
 
     def supports(self, spec: ConvSpec) -> str | None:
-        if any(k != 3 for k in spec.kernel_shape):
-            return f"kernel shape {spec.kernel_shape} is not 3 on every spatial axis"
+        if _weight_form_shape(spec):
+            form = (f"a {spec.output_shape} output from a {spec.kernel_shape} kernel (the "
+                    f"weight-gradient form)")
+            if spec.spatial_ndim != 2:
+                return f"{form} needs 2 spatial dims, found {spec.spatial_ndim}"
+            if any(s != 1 for s in spec.stride):
+                return f"{form} needs stride 1, found {spec.stride}"
+            if any(d != 1 for d in spec.dilation):
+                return f"{form} needs dilation 1, found {spec.dilation}"
+        elif any(k != 3 for k in spec.kernel_shape):
+            return (f"kernel shape {spec.kernel_shape} is not 3 on every spatial axis (nor is "
+                    f"the output {spec.output_shape} 3x3 for the weight-gradient form)")
         if any(s != 1 for s in spec.stride):
             return f"stride {spec.stride} != 1"
         if spec.spatial_ndim > 3:
@@ -640,6 +815,14 @@ class Winograd:
         2-wide ones, ``prod(ceil(out/m) * (m + 2))`` (e.g. outputs of 1 or 2).
         """
         nd, c = spec.spatial_ndim, spec.in_channels_per_group
+        if is_weight_gradient_form(spec):
+            # the same rules over the kernel's tiles; the sums run over images times tiles
+            if weight_gradient_error_bound(4, c * math.prod(tile_grid(spec.kernel_shape, 4)),
+                                           "float32") > FLOAT32_TOLERANCE:
+                return 2
+            cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.kernel_shape, m))
+                    for m in TILE_SIZES}
+            return 4 if cost[4] < cost[2] else 2
         if error_bound_for(4, nd, c, "float32") > FLOAT32_TOLERANCE:
             return 2
         spec = phase_spec(spec)
@@ -659,8 +842,11 @@ class Winograd:
         worst-case bound: like FFT, Winograd's error is normwise, so outputs
         much smaller than the largest carry a larger relative error.
         """
-        return error_bound_for(self.tile_size(spec), spec.spatial_ndim,
-                               spec.in_channels_per_group, spec.dtype)
+        m = self.tile_size(spec)
+        if is_weight_gradient_form(spec):
+            reduction = spec.in_channels_per_group * math.prod(tile_grid(spec.kernel_shape, m))
+            return weight_gradient_error_bound(m, reduction, spec.dtype)
+        return error_bound_for(m, spec.spatial_ndim, spec.in_channels_per_group, spec.dtype)
 
     # -- memory ---------------------------------------------------------------
     def _geometry(self, spec: ConvSpec, m: int | None = None) -> tuple[int, int, tuple[int, ...]]:
@@ -698,6 +884,8 @@ class Winograd:
         single huge image stays bounded. A non-contiguous ``x`` is copied once
         more (not counted: the engine passes contiguous arrays).
         """
+        if is_weight_gradient_form(spec):
+            return self._weight_form_workspace(spec)
         if is_dilated(spec):
             phases = phase_spec(spec)
             staged = (phases.batch * phases.in_channels * math.prod(phases.input_shape) +
@@ -727,6 +915,8 @@ class Winograd:
         input_kernel, output_kernel = _kernels()
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
+            if is_weight_gradient_form(spec):
+                return self._run_weight_form(x, weight, spec, tile, input_kernel)
             if not is_dilated(spec):
                 return self._run(x, weight, spec, tile, input_kernel, output_kernel)
             phases = phase_spec(spec)
@@ -805,6 +995,138 @@ class Winograd:
         return out.reshape(spec.full_output_shape)
 
 
+    # -- the weight-gradient form ----------------------------------------------
+    # Names as in the forward pass of the layer whose weight gradient this is: the form's
+    # batch B is that layer's input channels C, its input channels (per group) the layer's
+    # batch N, its kernel the output gradient (G*O, N, Ho, Wo), its output (C, G*O, 3, 3).
+    def _weight_form_plan(self, spec: ConvSpec, m: int) -> tuple[int, int]:
+        """Return ``(target tiles per block, worker threads)`` of a weight-form run."""
+        grid = tile_grid(spec.kernel_shape, m)
+        total = spec.groups * spec.in_channels_per_group * math.prod(grid)
+        per_tile = (m + 2) ** 2 * (spec.batch + spec.out_channels_per_group) * spec.itemsize
+        # the tiles are the GEMMs' reduction axis: long blocks amortize each block's
+        # accumulation into M (O x B per point) and the per-call overhead (512-tile blocks ran
+        # about 10% faster than 196-tile ones on 3x3 64->64 @56)
+        tiles = max(CHUNK_BYTES // per_tile, WG_MIN_BLOCK_TILES)
+        tiles = max(1, min(tiles, get_memory_limit() // (8 * per_tile)))
+        threads = max(1, get_num_threads())
+        split = max(MIN_SPLIT_TILES, -(-total // threads))
+        target = min(tiles, split)
+        return target, max(1, min(threads, -(-total // target)))
+
+    def weight_form_m_passes(self, spec: ConvSpec) -> int:
+        """Passes over the ``M`` accumulators (T x G x O x B) a weight-form run makes.
+
+        A worker's first block writes ``M`` (one pass), each further block writes a
+        product and adds it (three); the workers' ``M``s are added (two per extra
+        worker) and read once by the final transform. For many channels on few
+        tiles (256->256 @14, 512->512 @7) these passes cost as much as the GEMMs;
+        the planner counts them (``_planner.cost_features``).
+        """
+        m = self.tile_size(spec)
+        target, workers = self._weight_form_plan(spec, m)
+        grid = tile_grid(spec.kernel_shape, m)
+        blocks = spec.groups * len(tile_blocks((spec.in_channels_per_group, 1, *grid), target))
+        workers = min(workers, blocks)
+        return workers + 3 * (blocks - workers) + 2 * (workers - 1) + 1
+
+    def _weight_form_workspace(self, spec: ConvSpec) -> int:
+        """Workspace of the weight-gradient form: per worker one block's ``V`` (tiles x B) and
+        ``U`` (O x tiles) per transform point, its ``M`` accumulator (O x B per point and
+        group) and the input transform's band; the output gradient padded to whole tiles
+        (when its shape is not a multiple of the tile) and the sum of the workers' ``M``s.
+        """
+        m = self.tile_size(spec)
+        t = (m + 2) ** 2
+        grid = tile_grid(spec.kernel_shape, m)
+        b, g = spec.batch, spec.groups
+        n, o = spec.in_channels_per_group, spec.out_channels_per_group
+        target, workers = self._weight_form_plan(spec, m)
+        ext = block_extent((n, 1, *grid), target)
+        tiles = math.prod(ext)
+        bh, bw = (ext[2] - 1) * m + m + 2, (ext[3] - 1) * m + m + 2
+        band = (bh * bw + (m + 2) * bw) * b
+        per_worker = t * (tiles * (b + o) + (g + 1) * o * b) + band + (m + 2) * m * ext[3]
+        padded = 0
+        if any(k % m for k in spec.kernel_shape):
+            padded = n * g * o * math.prod(q * m for q in grid)
+        return (workers * per_worker + padded + t * g * o * b) * spec.itemsize
+
+    def _run_weight_form(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
+                         tile: int | None, input_kernel: Any) -> np.ndarray:
+        dtype = np.dtype(spec.dtype)
+        m = self.tile_size(spec) if tile is None else tile
+        t = (m + 2) ** 2
+        b, g = spec.batch, spec.groups
+        n, o = spec.in_channels_per_group, spec.out_channels_per_group
+        grid = tile_grid(spec.kernel_shape, m)
+        # x (B, G*N, H, W) -> (G*N, B, 1, H, W): the images as the input transform's batch
+        # and B as its channels (a view of the layer's contiguous input when G == 1)
+        x5 = np.ascontiguousarray(x.swapaxes(0, 1), dtype=dtype)
+        x5 = x5.reshape(g * n, b, 1, *spec.input_shape)
+        lows = (0, *(lo for lo, _ in spec.pad_widths))
+        # kernel (G*O, N, Ho, Wo) -> (N, G*O, Ho, Wo), zero-padded to whole tiles if ragged
+        gy = weight.swapaxes(0, 1)
+        if any(k % m for k in spec.kernel_shape):
+            padded = np.zeros((n, g * o, *(q * m for q in grid)), dtype=dtype)
+            padded[:, :, : spec.kernel_shape[0], : spec.kernel_shape[1]] = gy
+            gy = padded
+        else:
+            gy = np.ascontiguousarray(gy, dtype=dtype)
+        (_, btd), (_, bth), (_, btw), _ = _call_transforms(m, 2, dtype)
+        gradient_kernel = _gradient_kernel()
+
+        target, workers = self._weight_form_plan(spec, m)
+        blocks = [(k, block) for k in range(g) for block in tile_blocks((n, 1, *grid), target)]
+        block_tiles = math.prod(block_extent((n, 1, *grid), target))
+        workers = min(workers, len(blocks))
+        if not blocks or b == 0 or o == 0:  # no images, or an empty output: a zero gradient
+            return np.zeros(spec.full_output_shape, dtype=dtype)
+        queue = LockedIterator(blocks)
+        sums: list[np.ndarray] = []
+
+        def worker() -> None:
+            # Each worker sums its blocks into its own M[t] (O x B per group), GEMM by GEMM:
+            # M[t] += U[t] (O x tiles) @ V[t] (tiles x B); the Ms are added at the end.
+            v_buffer = scratch("winograd.wg.v", t * block_tiles * b, dtype)
+            u_buffer = scratch("winograd.wg.u", t * o * block_tiles, dtype)
+            acc = scratch("winograd.wg.m", t * g * o * b, dtype).reshape(t, g, o, b)
+            product = None
+            started = [False] * g
+            for k, block in queue:
+                n0, n1, d0, d1, h0, h1, w0, w1 = block
+                tiles = (n1 - n0) * (h1 - h0) * (w1 - w0)
+                v = v_buffer[: t * tiles * b].reshape(t, tiles, b)
+                input_kernel(x5, *lows, btd, bth, btw, 1, m, m, k * n + n0, k * n + n1,
+                             d0, d1, h0, h1, w0, w1, v)
+                u = u_buffer[: t * o * tiles].reshape(t, o, tiles)
+                gradient_kernel(gy, k * o, (k + 1) * o, n0, n1, h0, h1, w0, w1, u)
+                if not started[k]:
+                    # a group's first block writes M directly: with large O x B and few tiles
+                    # (256->256 @14) the accumulation passes over M cost as much as the GEMMs
+                    np.matmul(u, v, out=acc[:, k])
+                    started[k] = True
+                    continue
+                if product is None:
+                    product = scratch("winograd.wg.p", t * o * b, dtype).reshape(t, o, b)
+                np.matmul(u, v, out=product)
+                acc[:, k] += product
+            for k in range(g):
+                if not started[k]:
+                    acc[:, k] = 0
+            sums.append(acc)
+
+        run_parallel([worker] * workers)
+        # (the workers' Ms are their threads' scratch buffers: only read here, within the call)
+        total = sums[0] if len(sums) == 1 else np.add(sums[0], sums[1])
+        for part in sums[2:]:
+            total += part
+        # dW = G^T M G per (group, O, B): kron(G, G)^T (9 x T) @ M (T x G*O*B)
+        kron = _call_transforms(m, 2, dtype)[3]
+        out = (kron.T @ total.reshape(t, g * o * b)).reshape(3, 3, g * o, b)
+        return np.ascontiguousarray(out.transpose(3, 2, 0, 1))
+
+
 #: Below this many U entries (T * G * C * O) the weight transform runs in one thread: a
 #: handoff to a pool thread costs 30-120 us on this (virtualized) machine, and 1M entries
 #: take about 0.4 ms.
@@ -846,6 +1168,37 @@ def _measure_errors() -> None:  # pragma: no cover - regenerates the module docs
                     y = reference(x.astype(np.float32), w.astype(np.float32), nd)
                 row.append(float(np.abs(y - ref).max() / np.abs(ref).max()))
             print(f"F({m}, 3)  {nd}-D   " + "  ".join(f"{e:.1e}" for e in row), flush=True)
+
+
+def _measure_weight_form_errors() -> None:  # pragma: no cover - regenerates the class table
+    """Print the weight-gradient form's accuracy table (:class:`Winograd` docstring).
+
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_weight_form_errors as
+    f; f()"``. N(0, 1) data, 8 input and 8 output channels, padding 1, float32 against a
+    float64 direct sum; the reduction length is batch times tiles per image.
+    """
+    rng = np.random.default_rng(0)
+    algo = Winograd()
+    print("size  batch  F(2,3) err (reduction)  F(4,3) err (reduction)  direct f32")
+    for size, batch in ((16, 1), (32, 4), (56, 8), (32, 64), (56, 64)):
+        c = o = 8
+        x = rng.standard_normal((batch, c, size, size))
+        gy = rng.standard_normal((batch, o, size, size))
+        spec = ConvSpec(c, batch, o, 1, (size, size), (size, size), (1, 1), (1, 1),
+                        ((1, 1), (1, 1)), "float32")
+        xp = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+        windows = np.lib.stride_tricks.sliding_window_view(xp, (size, size), axis=(2, 3))
+        ref = np.einsum("ncijxy,noxy->oc" "ij", windows, gy)
+        ref32 = np.einsum("ncijxy,noxy->oc" "ij", windows.astype(np.float32),
+                          gy.astype(np.float32))
+        row = []
+        for m in TILE_SIZES:
+            got = algo.run(x.transpose(1, 0, 2, 3).astype(np.float32),
+                           gy.transpose(1, 0, 2, 3).astype(np.float32), spec, tile=m)
+            err = np.abs(got.transpose(1, 0, 2, 3) - ref).max() / np.abs(ref).max()
+            row.append(f"{err:.1e} ({batch * math.prod(tile_grid((size, size), m))})")
+        direct = np.abs(ref32 - ref).max() / np.abs(ref).max()
+        print(f"{size:4d}  {batch:5d}  " + "  ".join(row) + f"  {direct:.1e}", flush=True)
 
 
 def _measure_speed(threads: int = 2, repeats: int = 9) -> None:  # pragma: no cover - benchmark
