@@ -479,3 +479,16 @@ def test_workspace_is_honest(algorithm: str, shape: tuple[int, ...], weight_shap
         assert algo.workspace_bytes(huge) <= 2 * algo.workspace_bytes(spec)
     assert_close_scaled(out, conv_reference(x, w, pad_widths=((1, 1),) * (len(shape) - 2)),
                         dtype=np.float32)
+
+
+def test_scratch_buffers_are_reused_and_bounded_by_the_memory_limit() -> None:
+    from trueconv.algorithms import _pool
+
+    first = _pool.scratch("test.reuse", 1000, np.float32)
+    again = _pool.scratch("test.reuse", 500, np.float64)
+    assert np.shares_memory(first, again) and again.dtype == np.float64 and again.shape == (500,)
+    with trueconv.memory_limit(64 * 4096):  # keeps at most 4 KiB per buffer
+        big = _pool.scratch("test.bounded", 2048, np.float32)
+        assert not np.shares_memory(big, _pool.scratch("test.bounded", 2048, np.float32))
+        small = _pool.scratch("test.bounded", 512, np.float32)
+        assert np.shares_memory(small, _pool.scratch("test.bounded", 512, np.float32))

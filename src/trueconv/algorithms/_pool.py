@@ -121,7 +121,8 @@ def single_threaded_blas() -> Iterator[None]:
 # when they are freed (mmap threshold, heap trimming), so every call faulted them in
 # again: 1,080 faults, about 2 ms, in a 1 ms Winograd call (128->128 @28, batch 1).
 # Per-thread buffers, kept between calls, remove that; each stays at most
-# SCRATCH_KEEP_BYTES (larger requests get a fresh array that is not kept).
+# SCRATCH_KEEP_BYTES and 1/64 of trueconv's memory limit (larger requests get a fresh
+# array that is not kept), so a thread keeps a few tens of MB at most.
 # ---------------------------------------------------------------------------
 #: Largest scratch buffer a thread keeps between calls, per key.
 SCRATCH_KEEP_BYTES = 32 * 2**20
@@ -147,9 +148,13 @@ def scratch(key: str, size: int, dtype: Any, keep: int | None = None) -> Any:
     """
     import numpy as np
 
+    from .._memory import get_memory_limit
+
     dtype = np.dtype(dtype)
     nbytes = size * dtype.itemsize
     keep = SCRATCH_KEEP_BYTES if keep is None else keep
+    # what stays between calls is outside any call's workspace: a small share of the limit
+    keep = min(keep, get_memory_limit() // 64)
     if nbytes > keep:
         return np.empty(size, dtype=dtype)
     buffers = getattr(_scratch, "buffers", None)
