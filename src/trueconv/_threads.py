@@ -9,6 +9,7 @@ BLAS keeps its own setting, which is all cores for OpenBLAS).
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import sys
@@ -50,6 +51,12 @@ def _from_env() -> int | None:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_count() -> int:
+    # os.cpu_count() costs about 7 us here (it reads /sys), and every call asks several times
+    return os.cpu_count() or 1
+
+
 def get_num_threads() -> int:
     """Return the number of threads trueconv uses.
 
@@ -67,7 +74,7 @@ def get_num_threads() -> int:
     """
     if _num_threads is not None:
         return _num_threads
-    return _from_env() or os.cpu_count() or 1
+    return _from_env() or _cpu_count()
 
 
 def set_num_threads(n: int) -> None:
