@@ -154,9 +154,12 @@ CHUNK_BYTES = 2 * 2**20
 MIN_BLOCK_TILES = 128
 #: The weight-gradient form's blocks hold at least this many tiles (its GEMMs' reduction axis).
 WG_MIN_BLOCK_TILES = 512
-#: Work is spread over threads only in blocks of at least this many tiles (batch-1 layers
-#: of 128 channels @28 and 256 @14 ran about 1.4x slower on 2 threads than on 1 without it).
-MIN_SPLIT_TILES = 64
+#: Work is spread over threads only in blocks of at least this many tiles: each block re-reads
+#: all of U, runs a skinnier GEMM and pays a thread hand-off (30-120 us on this VM). Batch-1
+#: layers of 128 channels @28 and 256 @14 ran about 1.4x slower on 2 threads than on 1 without
+#: a minimum; 64->64 @56 batch 1 (196 tiles) ran 1.4-1.6 ms in two blocks and 0.9-1.4 ms
+#: in one (`trueconv bench`, 2 threads, two A/B rounds).
+MIN_SPLIT_TILES = 256
 
 
 def error_bound_for(m: int, spatial_ndim: int, in_channels: int, dtype: object) -> float:
