@@ -11,7 +11,7 @@ import numpy as np
 
 from ._dtypes import check_integer_bound, fft_exact_for_integers
 from ._memory import format_bytes, get_memory_limit
-from ._planner import DataFacts, Plan, check_algorithm_name, choose
+from ._planner import OPTIMISTIC, DataFacts, Plan, check_algorithm_name, choose
 from ._spec import ConvSpec
 from .algorithms import ALGORITHMS
 
@@ -28,18 +28,11 @@ def check_output_fits(spec: ConvSpec, itemsize: int, fn: str) -> None:
         )
 
 
-#: The most permissive facts: every algorithm allowed that the shapes allow.
-OPTIMISTIC = DataFacts(finite=True, integer_fft_safe=True)
-
-
-def data_facts(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, algorithm: str) -> DataFacts:
+def data_facts(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> DataFacts:
     """The value checks that decide whether a transform algorithm is allowed.
 
-    Skipped when only exact algorithms are in play; otherwise one pass over the
-    data, cheap next to the convolution itself.
+    One pass over the data; :func:`execute` asks only when the plan is a transform.
     """
-    if algorithm != "auto" and ALGORITHMS[algorithm].exact:
-        return DataFacts()
     if x.dtype.kind in "iu":
         terms = spec.in_channels_per_group * spec.kernel_size
         return DataFacts(True, fft_exact_for_integers(x, weight, terms))
@@ -66,10 +59,8 @@ def execute(
     plan = choose(spec, algorithm, OPTIMISTIC, fn=fn)
     if not ALGORITHMS[plan.algorithm].exact:
         # The value checks cost a pass over the data (about 1 ms per 25 MB): pay it only
-        # when the choice depends on it. Facts can only remove transform algorithms, so an
-        # exact algorithm chosen under the most permissive facts stays the choice under
-        # the real ones.
-        facts = data_facts(x, weight, spec, algorithm)
+        # when the choice depends on it (see OPTIMISTIC).
+        facts = data_facts(x, weight, spec)
         if facts != OPTIMISTIC:
             plan = choose(spec, algorithm, facts, fn=fn)
     runner = ALGORITHMS[plan.algorithm]

@@ -37,10 +37,12 @@ from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
 from ._threads import get_num_threads
 from .algorithms import ALGORITHMS
+from .algorithms import winograd as winograd_module
 
 __all__ = [
     "Plan",
     "DataFacts",
+    "OPTIMISTIC",
     "choose",
     "eligibility",
     "check_algorithm_name",
@@ -82,6 +84,11 @@ class DataFacts:
 
     finite: bool = True
     integer_fft_safe: bool = False
+
+
+#: The most permissive facts: every algorithm allowed that the shapes allow. Facts can
+#: only remove transform algorithms, so an exact choice made under these stands.
+OPTIMISTIC = DataFacts(finite=True, integer_fft_safe=True)
 
 
 def check_algorithm_name(algorithm: object, fn: str) -> str:
@@ -157,8 +164,6 @@ def batch_chunk_for(spec: ConvSpec, name: str, limit: int) -> tuple[int, int] | 
 
 def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
     """Tiles and transform points per tile of F(m, 3) (Lavin & Gray), ``m`` as the algorithm picks it."""
-    from .algorithms import winograd as winograd_module
-
     m = ALGORITHMS["winograd"].tile_size(spec)
     if winograd_module.is_weight_gradient_form(spec):
         # the weight-gradient form tiles the kernel (the output gradient), not the output
@@ -167,12 +172,6 @@ def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
     phases = winograd_module.phase_spec(spec)
     tiles = math.prod(-(-o // m) for o in phases.output_shape) * math.prod(spec.dilation)
     return tiles, (m + 2) ** spec.spatial_ndim
-
-
-def _winograd_weight_form(spec: ConvSpec) -> bool:
-    from .algorithms import winograd as winograd_module
-
-    return winograd_module.is_weight_gradient_form(spec)
 
 
 def _fft_tiles(spec: ConvSpec) -> tuple[int, int]:
@@ -246,7 +245,7 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         return [float(transforms), freq_macs, float(n * g * (c + o) * tiles * points * itemsize), 1.0]
     if name == "winograd":
         tiles, per_tile = _winograd_tiles(spec)
-        if _winograd_weight_form(spec):
+        if winograd_module.is_weight_gradient_form(spec):
             # weight-gradient form: each of the C input channels per group (the layer's
             # images) has `tiles` kernel tiles; V transforms them over the N batch items (the
             # layer's channels), U over the O kernels; one (O, tiles) @ (tiles, N) product per
@@ -286,11 +285,20 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} us"
 
 
-@functools.lru_cache(maxsize=4096)
 def candidates(
     spec: ConvSpec, facts: DataFacts, limit: int
 ) -> tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, str], ...]]:
-    """Eligible algorithms as ``(name, batch_chunk, workspace)`` and the excluded ones with why."""
+    """Eligible algorithms as ``(name, batch_chunk, workspace)`` and the excluded ones with why.
+
+    Cached per thread count too: workspaces hold per-thread buffers.
+    """
+    return _candidates(spec, facts, limit, get_num_threads())
+
+
+@functools.lru_cache(maxsize=4096)
+def _candidates(
+    spec: ConvSpec, facts: DataFacts, limit: int, threads: int
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, str], ...]]:
     eligible, excluded = [], []
     for name in ALGORITHMS:
         reason = eligibility(spec, name, facts, auto=True)
@@ -386,7 +394,7 @@ def tuned_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -
 
 @functools.lru_cache(maxsize=4096)
 def _choose_cached(spec: ConvSpec, algorithm: str, facts: DataFacts, limit: int, fn: str,
-                   threads: int = 1) -> Plan:
+                   threads: int) -> Plan:
     # ``threads`` is part of the key: the calibration table, the workspaces and the
     # algorithms' own splits depend on it
     if algorithm != "auto":
@@ -418,3 +426,4 @@ def choose(spec: ConvSpec, algorithm: str = "auto", facts: DataFacts = DataFacts
 
 
 plan_cache = _choose_cached
+candidates.cache_clear = _candidates.cache_clear  # type: ignore[attr-defined]

@@ -64,7 +64,7 @@ from ._dtypes import (
     compute_dtype,
     result_dtype,
 )
-from ._planner import DataFacts, check_algorithm_name, choose
+from ._planner import OPTIMISTIC, DataFacts, check_algorithm_name, choose
 from ._signal import _check_fillvalue
 from ._spec import (
     KINDS,
@@ -317,7 +317,7 @@ def _pinned_algorithm(spec: ConvSpec, algorithm: str, fn: str) -> str:
     if algorithm != "auto":
         # Refuse now, not inside a worker, what the shapes and dtype already decide; what
         # the values decide (NaN, integer magnitude) each block checks as in memory.
-        choose(spec, algorithm, DataFacts(finite=True, integer_fft_safe=True), fn=fn)
+        choose(spec, algorithm, OPTIMISTIC, fn=fn)
         return algorithm
     if spec.batch == 0 or spec.in_channels == 0 or spec.out_channels == 0:
         return "direct"

@@ -16,6 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import numpy as np
+
+from .._memory import get_memory_limit
+
 __all__ = ["LockedIterator", "run_parallel", "scratch", "single_threaded_blas"]
 
 
@@ -146,10 +150,6 @@ def scratch(key: str, size: int, dtype: Any, keep: int | None = None) -> Any:
     >>> a.shape, b.shape, np.shares_memory(a, b)
     ((10,), (8,), True)
     """
-    import numpy as np
-
-    from .._memory import get_memory_limit
-
     dtype = np.dtype(dtype)
     nbytes = size * dtype.itemsize
     keep = SCRATCH_KEEP_BYTES if keep is None else keep
