@@ -8,6 +8,7 @@ variant of the same call does pick them: every exclusion test can fail.
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shutil
@@ -322,6 +323,54 @@ def test_calibration_rewrites_its_own_table(tmp_path):
     copy.write_text("no table here\n")
     with pytest.raises(ValueError, match="no generated block"):
         _calibration.write(table, copy)
+
+
+def _synthetic_timings(truth):
+    """Timings that a known coefficient table predicts exactly (no machine involved)."""
+    from trueconv.algorithms import ALGORITHMS
+
+    timings = {}
+    for precision in ("float32", "float64"):
+        for spec in _calibration.training_specs(precision):
+            timings.setdefault(precision, {})[_calibration.spec_key(spec)] = {
+                name: float(np.dot(_planner.cost_features(spec, name), truth[name][precision]))
+                for name, algorithm in ALGORITHMS.items()
+                if algorithm.supports(spec) is None and name in truth}
+    return {"threads": 2, "passes": 3, "timings": timings}
+
+
+def test_calibration_fit_recovers_a_known_table_and_ranks_every_problem_right():
+    truth = {name: {p: _calibration.coefficients(name, p, 2) for p in ("float32", "float64")}
+             for name in ("direct", "im2col", "fft", "winograd")}
+    timings = _synthetic_timings(truth)
+    fitted = _calibration.fit(timings)
+    report = _calibration.ranking_report(timings, fitted)
+    total = sum(len(entries) for entries in timings["timings"].values())
+    assert report.startswith(f"ranking: {total} of {total} training problems pick the measured winner")
+    assert "0.0 ms lost" in report
+    # a table that always predicts the slowest algorithm loses time, and says so
+    inverted = {name: {p: [-c for c in coef] for p, coef in table.items()}
+                for name, table in fitted.items()}
+    assert not _calibration.ranking_report(timings, inverted).startswith(f"ranking: {total} of")
+
+
+def test_calibration_refits_saved_timings_without_measuring(tmp_path, capsys, monkeypatch):
+    truth = {name: {p: _calibration.coefficients(name, p, 2) for p in ("float32", "float64")}
+             for name in ("direct", "im2col", "fft", "winograd")}
+    saved = tmp_path / "timings.json"
+    saved.write_text(json.dumps(_synthetic_timings(truth)))
+    monkeypatch.setattr(_calibration, "measure_timings",
+                        lambda *a, **k: pytest.fail("--timings must not measure"))
+    before = _threads._num_threads
+    try:
+        assert _calibration.main(["--timings", str(saved), "--quiet"]) == 0
+    finally:
+        trueconv.set_num_threads(before or os.cpu_count() or 1)
+        _threads._num_threads = before
+    captured = capsys.readouterr()
+    assert "ranking:" in captured.err and '"threads": 2' in captured.out
+    with pytest.raises(SystemExit):
+        _calibration.main(["--passes", "0"])
 
 
 # --- threads ---------------------------------------------------------------------

@@ -5,16 +5,23 @@ The planner (``_planner.cost_features``) describes each algorithm's work on a
 gathered, BLAS calls, transform points...). The predicted time is the dot
 product of those counts with the coefficients below, one vector per algorithm
 and precision class (``float32``, ``float64``, ``int64``). The coefficients
-were fitted by non-negative least squares on relative error to the minimum
-times (over interleaved rounds) of a fixed training set of shapes, from 1x1
+were fitted by non-negative least squares on relative error to the median
+over passes of the minimum times of a fixed training set of shapes, from 1x1
 to layer-sized (CuPy's ``_convolve_choose.py`` idea, with the provenance
 CuPy's table lacks: machine, date, thread count, library and BLAS versions).
 
-Regenerate on your machine (takes about a minute per thread count)::
+Regenerate on your machine (takes about three minutes per thread count)::
 
     python -m trueconv._calibration                        # print the new table
     python -m trueconv._calibration --threads 1 --write    # and put it into this file
     python -m trueconv._calibration --threads 2 --write    # one table per thread count
+    python -m trueconv._calibration --save-timings t.json  # keep the raw times ...
+    python -m trueconv._calibration --timings t.json       # ... and re-fit them later
+
+Each algorithm is timed in its own block of back-to-back runs (as ``trueconv
+bench`` times libraries), the whole training set three times over
+(``--passes``), and the fit uses the median of the passes; it prints how many
+training problems the fitted model ranks right.
 
 There is one table per thread count, and the planner uses the one nearest
 :func:`trueconv.get_num_threads` (:func:`active_calibration`): algorithms
@@ -383,66 +390,149 @@ def training_specs(precision: str) -> list[Any]:
     return specs
 
 
-def _interleaved_minimum(runs: dict[str, Any], rounds: int = 7, cap: float = 1.0) -> dict[str, float]:
-    """Minimum seconds of each callable, timed in rounds that run every callable once.
+def _block_minima(runs: dict[str, Any], repeats: int = 7, cap: float = 1.0) -> dict[str, float]:
+    """Minimum seconds of each callable, each timed in its own block of back-to-back runs.
 
-    Interleaving matters on a shared machine: a burst of load then slows all
-    candidates of a spec alike instead of one of them, so their *ratios* (all
-    the planner uses) survive. The minimum, not the median: noise only adds.
+    One algorithm at a time, as ``trueconv bench`` times libraries: OpenBLAS and
+    the worker pool keep their threads spinning for a while after a call, so a
+    candidate timed right after another one's call runs on stolen cores. A short
+    idle before each block lets those threads sleep. The minimum, not the median:
+    noise only adds; bursts of load are handled by taking the median over passes
+    (:func:`measure_timings`).
     """
     best = {}
     for name, run in runs.items():
+        time.sleep(0.05)
         run()  # warm-up (also compiles Numba loops)
         best[name] = float("inf")
-    spent = 0.0
-    for _ in range(rounds):
-        for name, run in runs.items():
+        spent = 0.0
+        for _ in range(repeats):
             start = time.perf_counter()
             run()
             elapsed = time.perf_counter() - start
             best[name] = min(best[name], elapsed)
             spent += elapsed
-        if spent > cap:
-            break
+            if spent > cap / len(runs):
+                break
     return best
 
 
-def measure_table(verbose: bool = True) -> dict[str, Any]:
-    """Time every registered algorithm on the training set and fit the coefficients."""
+def spec_key(spec: Any) -> str:
+    """A stable text key of a training spec (timings files are JSON)."""
+    return repr(spec)
+
+
+def measure_timings(passes: int = 3, verbose: bool = True) -> dict[str, Any]:
+    """Time every eligible algorithm on the training set, ``passes`` times over.
+
+    Returns ``{"threads": n, "timings": {precision: {spec_key: {algorithm: seconds}}}}``
+    with each entry the median over passes of the per-pass minimum: on a VM whose
+    speed moves by 2x within minutes, one pass fits the noise (a re-fit 20 minutes
+    later flipped layer choices); the median of three does not move that much.
+    """
+    import numpy as np
+
+    from ._threads import get_num_threads
+    from .algorithms import ALGORITHMS
+
+    rng = np.random.default_rng(0)
+    per_pass: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for index in range(passes):
+        for precision in PRECISIONS:
+            for spec in training_specs(precision):
+                x_shape = (spec.batch, spec.in_channels, *spec.input_shape)
+                w_shape = (spec.out_channels, spec.in_channels_per_group, *spec.kernel_shape)
+                if precision == "int64":
+                    x, w = rng.integers(-8, 8, x_shape), rng.integers(-8, 8, w_shape)
+                else:
+                    x = rng.standard_normal(x_shape).astype(spec.dtype)
+                    w = rng.standard_normal(w_shape).astype(spec.dtype)
+                runs = {name: (lambda a=algorithm, s=spec: a.run(x, w, s))
+                        for name, algorithm in ALGORITHMS.items() if algorithm.supports(spec) is None}
+                entry = per_pass.setdefault(precision, {}).setdefault(spec_key(spec), {})
+                for name, seconds in _block_minima(runs).items():
+                    entry.setdefault(name, []).append(seconds)
+                    if verbose:
+                        print(f"pass {index + 1}/{passes} {name:9s} {precision:8s} "
+                              f"{seconds * 1e3:9.3f} ms  {spec}", file=sys.stderr)
+    timings = {precision: {key: {name: float(np.median(values)) for name, values in entry.items()}
+                           for key, entry in specs.items()}
+               for precision, specs in per_pass.items()}
+    return {"threads": get_num_threads(), "passes": passes, "timings": timings}
+
+
+def fit(timings: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Non-negative least squares on relative error, per algorithm and precision."""
     import numpy as np
     from scipy.optimize import nnls
 
     from ._planner import cost_features
-    from ._threads import blas_info, get_num_threads
-    from .algorithms import ALGORITHMS
 
-    rng = np.random.default_rng(0)
-    samples: dict[tuple[str, str], list[tuple[list[float], float]]] = {}
-    for precision in PRECISIONS:
-        for spec in training_specs(precision):
-            x_shape = (spec.batch, spec.in_channels, *spec.input_shape)
-            w_shape = (spec.out_channels, spec.in_channels_per_group, *spec.kernel_shape)
-            if precision == "int64":
-                x, w = rng.integers(-8, 8, x_shape), rng.integers(-8, 8, w_shape)
-            else:
-                x = rng.standard_normal(x_shape).astype(spec.dtype)
-                w = rng.standard_normal(w_shape).astype(spec.dtype)
-            runs = {name: (lambda a=algorithm, s=spec: a.run(x, w, s))
-                    for name, algorithm in ALGORITHMS.items() if algorithm.supports(spec) is None}
-            for name, seconds in _interleaved_minimum(runs).items():
-                samples.setdefault((name, precision), []).append((cost_features(spec, name), seconds))
-                if verbose:
-                    print(f"{name:9s} {precision:8s} {seconds * 1e3:9.3f} ms  {spec}", file=sys.stderr)
+    specs = {spec_key(s): s for precision in PRECISIONS for s in training_specs(precision)}
     coefficients_: dict[str, dict[str, list[float]]] = {}
-    for (name, precision), pairs in samples.items():
-        if len(pairs) < 2:
-            continue
-        a = np.array([features for features, _ in pairs], dtype=float)
-        t = np.array([seconds for _, seconds in pairs])
-        # Relative error: scale each row by 1/t so small problems count as much as big ones.
-        coef, _ = nnls(a / t[:, None], np.ones_like(t))
-        coefficients_.setdefault(name, {})[precision] = [float(f"{c:.4g}") for c in coef]
-    for name, table in active_calibration(get_num_threads())["coefficients"].items():
+    for precision, entries in timings["timings"].items():
+        samples: dict[str, list[tuple[list[float], float]]] = {}
+        for key, by_name in entries.items():
+            if key not in specs:
+                continue  # a timings file from an older training set
+            for name, seconds in by_name.items():
+                samples.setdefault(name, []).append((cost_features(specs[key], name), seconds))
+        for name, pairs in samples.items():
+            if len(pairs) < 2:
+                continue
+            a = np.array([features for features, _ in pairs], dtype=float)
+            t = np.array([seconds for _, seconds in pairs])
+            # Relative error: scale each row by 1/t so small problems count as much as big ones.
+            coef, _ = nnls(a / t[:, None], np.ones_like(t))
+            coefficients_.setdefault(name, {})[precision] = [float(f"{c:.4g}") for c in coef]
+    return coefficients_
+
+
+def ranking_report(timings: dict[str, Any], coefficients_: dict[str, Any]) -> str:
+    """How often the fitted model picks each training problem's measured winner.
+
+    The planner needs only the ranking: the report gives the number of problems whose
+    predicted winner is the measured one, and the worst and total time lost to the
+    others (the predicted pick's time over the fastest measured).
+    """
+    import numpy as np
+
+    from ._planner import cost_features
+
+    specs = {spec_key(s): s for precision in PRECISIONS for s in training_specs(precision)}
+    right = total = 0
+    worst, worst_key, lost = 1.0, "", 0.0
+    for precision, entries in timings["timings"].items():
+        for key, by_name in entries.items():
+            if key not in specs or not by_name:
+                continue
+            predicted = {name: float(np.dot(cost_features(specs[key], name),
+                                            coefficients_.get(name, {}).get(precision, [0.0])))
+                         for name in by_name if coefficients_.get(name, {}).get(precision)}
+            if not predicted:
+                continue
+            pick = min(predicted, key=predicted.get)
+            fastest = min(by_name.values())
+            total += 1
+            right += by_name[pick] == fastest
+            lost += by_name[pick] - fastest
+            if by_name[pick] / fastest > worst:
+                worst, worst_key = by_name[pick] / fastest, f"{precision} {key}: {pick}"
+    return (f"ranking: {right} of {total} training problems pick the measured winner; "
+            f"{lost * 1e3:.1f} ms lost in all; worst {worst:.2f}x ({worst_key})")
+
+
+def measure_table(verbose: bool = True, passes: int = 3,
+                  timings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time every registered algorithm on the training set (or reuse ``timings``) and fit."""
+    from ._threads import blas_info, get_num_threads
+
+    timings = timings if timings is not None else measure_timings(passes, verbose)
+    coefficients_ = fit(timings)
+    if verbose:
+        print(ranking_report(timings, coefficients_), file=sys.stderr)
+    threads = timings.get("threads", get_num_threads())
+    for name, table in active_calibration(threads)["coefficients"].items():
         # keep the priors of algorithms (or precisions) this run could not measure
         for precision, coef in table.items():
             coefficients_.setdefault(name, {}).setdefault(precision, coef)
@@ -450,7 +540,8 @@ def measure_table(verbose: bool = True) -> dict[str, Any]:
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "versions": versions(),
-        "threads": get_num_threads(),
+        "threads": threads,
+        "passes": timings.get("passes", 1),
         "blas": [f"{p['internal_api']} {p['version']} {p['architecture']} threads={p['num_threads']}"
                  for p in blas_info() if p["user_api"] == "blas"],
         "coefficients": coefficients_,
@@ -526,12 +617,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="thread count to calibrate with (default: trueconv.get_num_threads()); "
                              "1 is the robust choice on a shared, busy machine")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="measure the training set this many times and fit the medians (default 3)")
+    parser.add_argument("--save-timings", metavar="FILE", help="also write the measured times (JSON)")
+    parser.add_argument("--timings", metavar="FILE",
+                        help="fit times saved by --save-timings instead of measuring")
     args = parser.parse_args(argv)
+    if args.passes < 1:
+        parser.error(f"--passes must be at least 1, got {args.passes}")
+    timings = None
+    if args.timings:
+        timings = json.loads(Path(args.timings).read_text(encoding="utf-8"))
+        args.threads = timings.get("threads", args.threads)
     if args.threads is not None:
         from ._threads import set_num_threads
 
         set_num_threads(args.threads)
-    table = measure_table(verbose=not args.quiet)
+    if timings is None:
+        timings = measure_timings(args.passes, verbose=not args.quiet)
+    if args.save_timings:
+        Path(args.save_timings).write_text(json.dumps(timings, indent=1), encoding="utf-8")
+    table = measure_table(verbose=True, timings=timings)
     # JSON true/false/null never occur in the table, so the JSON text is valid Python.
     assert all(v is not None for v in table.values())
     print(render([table]))
