@@ -323,3 +323,26 @@ def test_measure_times_full_chunks_and_stops_hopeless_candidates(monkeypatch):
     assert seconds["fast"] >= 2 * 2 * 0.001
     # slow: its probe already shows it is over 4x slower, so it never runs in full
     assert slow.runs == [1, 1] and seconds["slow"] >= 4 * 0.02
+
+
+def test_a_near_tie_is_timed_again_in_reverse_order(monkeypatch):
+    # A burst of load during the true winner's first block must not decide a near tie: the
+    # two fastest are timed once more, the runner-up first, and keep their better median.
+    scripted = {"im2col": [1.2, 0.8], "direct": [1.0, 1.0], "fft": [2.0]}  # seconds per block
+    order = []
+
+    def fake_block(run, x, w, sub, scale, give_up, until):
+        name = run.__self__.name
+        order.append(name)
+        return scripted[name].pop(0)
+
+    monkeypatch.setattr(_autotune, "_median_block", fake_block)
+    spec = ConvSpec(1, 4, 4, 1, (12, 12), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), "float64")
+    seconds = _autotune.measure(spec, {"im2col": 1, "direct": 1, "fft": 1}, budget=0.01)
+    assert order == ["im2col", "direct", "fft", "im2col", "direct"]
+    assert seconds == {"im2col": 0.8, "direct": 1.0, "fft": 2.0}
+    # no runoff when the winner is clear
+    scripted.update({"im2col": [0.5], "direct": [1.0], "fft": [2.0]})
+    order.clear()
+    seconds = _autotune.measure(spec, {"im2col": 1, "direct": 1, "fft": 1}, budget=0.01)
+    assert order == ["im2col", "direct", "fft"] and seconds["im2col"] == 0.5
