@@ -8,6 +8,7 @@ split over the batch; an output over the limit is refused before allocation
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,7 @@ _limit_override: int | None = None
 _scoped_limit: ContextVar[int | None] = ContextVar("trueconv_memory_limit", default=None)
 
 
+@functools.lru_cache(maxsize=1)  # two sysconf calls per trueconv call showed in profiles
 def total_memory_bytes() -> int:
     """Physical memory of this machine (cgroup limits are not consulted)."""
     try:

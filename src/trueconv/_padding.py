@@ -35,6 +35,11 @@ def pad_spatial(
     if not any(lo or hi for lo, hi in widths):
         return x
     if mode in ("zeros", "fill"):
-        return np.pad(x, widths, mode="constant", constant_values=fill_value)
+        # np.pad costs some 30 us of Python per call; a filled array and one slice copy
+        # do the same work, which matters for the many small calls of a training loop.
+        shape = tuple(size + lo + hi for size, (lo, hi) in zip(x.shape, widths))
+        out = np.full(shape, fill_value, dtype=x.dtype)
+        out[tuple(slice(lo, lo + size) for size, (lo, _) in zip(x.shape, widths))] = x
+        return out
     np_mode = _TORCH_TO_NUMPY.get(mode) or _BOUNDARY_TO_NUMPY[mode]
     return np.pad(x, widths, mode=np_mode)
