@@ -7,6 +7,8 @@ anti-pattern 13).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._dtypes import check_integer_bound, fft_exact_for_integers
@@ -18,7 +20,7 @@ from .algorithms import ALGORITHMS
 
 def check_output_fits(spec: ConvSpec, itemsize: int, fn: str) -> None:
     """Refuse an output that alone exceeds the memory limit, before allocating it."""
-    need = int(np.prod(spec.full_output_shape, dtype=object)) * itemsize
+    need = math.prod(spec.full_output_shape) * itemsize  # Python ints: no overflow
     limit = get_memory_limit()
     if need > limit:
         raise MemoryError(

@@ -206,6 +206,8 @@ def _as_int(value: object, name: str, fn: str) -> int:
 
 def normalize_tuple(value: SizeArg, spatial_ndim: int, name: str, fn: str) -> tuple[int, ...]:
     """Return ``value`` as a tuple of ``spatial_ndim`` ints (an int broadcasts)."""
+    if type(value) is int:  # the common call, without the Sequence ABC check (~1 us each)
+        return (value,) * spatial_ndim
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(
             f"{fn}: {name} must be an int or a tuple of {spatial_ndim} ints, got {value!r}"
