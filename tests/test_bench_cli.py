@@ -94,6 +94,7 @@ def test_backward_row_is_skipped_with_a_note_without_conv_grad(monkeypatch):
     (["--against", "matlab"], "--against: unknown peers ['matlab']"),
     (["--only", "no such row"], "no benchmark row matches"),
     (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
 ])
 def test_bad_options_are_one_line_errors(capsys, argv, message):
     assert main(["bench", *argv]) == 1
@@ -108,3 +109,24 @@ def test_error_and_timing_helpers():
     calls = []
     seconds, runs = bench.time_call(lambda: calls.append(1), repeats=4)
     assert seconds >= 0 and runs == 4 and len(calls) == 5  # one warm-up, then the repeats
+
+
+def test_rounds_report_the_median_of_each_library():
+    (case,) = [c for c in bench.all_cases() if c.group == "signal"][:1]
+    rows = [bench.Row(case, t, alg, err, {"np.convolve": p, "scipy": q}, 3)
+            for t, alg, err, p, q in [(1.0, "fft", 1e-16, 4.0, 9.0), (3.0, "direct", 3e-16, 2.0, 8.0),
+                                      (2.0, "fft", 2e-16, 6.0, 7.0)]]
+    merged = bench.merge_rounds(rows)
+    assert merged.seconds == 2.0 and merged.peers == {"np.convolve": 4.0, "scipy": 8.0}
+    assert merged.algorithm == "direct+fft" and merged.error == 3e-16 and merged.runs == 9
+    assert merged.ratio == 2.0
+    assert bench.merge_rounds(rows[:1]) is rows[0]
+
+
+def test_rounds_run_the_suite_again(tmp_path, capsys):
+    out = tmp_path / "r.md"
+    assert main(["bench", "--only", "16 taps", "--against", "scipy", "--repeats", "1",
+                 "--rounds", "2", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "[round 1/2]" in err and "[round 2/2]" in err
+    assert "rounds: the whole suite ran 2 times" in out.read_text()

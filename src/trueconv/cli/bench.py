@@ -469,6 +469,21 @@ def run_case(case: Case, groups: Sequence[str], repeats: int, seed: int = 0) -> 
     return Row(case, seconds, "+".join(algorithms), error, peers, runs)
 
 
+def merge_rounds(rows: list[Row]) -> Row:
+    """One row from the same case timed in several rounds: the median of each library's times.
+
+    The rounds run the whole suite again, minutes apart, so a burst of load on the
+    shared machine moves one round's time, not the median of three.
+    """
+    first = rows[0]
+    if first.note or len(rows) == 1:
+        return first
+    peers = {name: statistics.median(r.peers[name] for r in rows) for name in first.peers}
+    algorithms = sorted({a for r in rows for a in r.algorithm.split("+")})
+    return Row(first.case, statistics.median(r.seconds for r in rows), "+".join(algorithms),
+               max(r.error for r in rows), peers, sum(r.runs for r in rows))
+
+
 def select_cases(quick: bool, only: str | None) -> list[Case]:
     cases = all_cases()
     if quick:
@@ -561,8 +576,12 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def report(rows: list[Row], threads: int, groups: dict[str, str], elapsed: float) -> str:
+def report(rows: list[Row], threads: int, groups: dict[str, str], elapsed: float,
+           rounds: int = 1) -> str:
     lines = header(threads, groups)
+    if rounds > 1:
+        lines.append(f"- rounds: the whole suite ran {rounds} times; every time below is the median "
+                     "over the rounds of each round's median")
     lines.append(f"- wall time of the run: {elapsed:.0f} s")
     titles = {"layers": "Forward layers (float32, NCHW)", "backward": "Backward",
               "filter": "Image filtering, mode='same'", "signal": "1-D signals, mode='full'",
@@ -629,6 +648,9 @@ def register(subparsers: Any) -> None:
                         help="keep rows whose name contains one of these comma-separated strings")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per call (default 7, or 3 with --quick)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole suite this many times and report each library's "
+                             "median over the rounds (default 1)")
     parser.add_argument("--threads", type=int, help="thread count for every library (default: all cores)")
     parser.add_argument("--autotune", action="store_true",
                         help="let auto measure its candidates (trueconv.set_autotune) instead of "
@@ -648,6 +670,8 @@ def run(args: argparse.Namespace) -> int:
         args.repeats = 3 if args.quick else 7
     if args.repeats < 1:
         raise CLIError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.rounds < 1:
+        raise CLIError(f"--rounds must be at least 1, got {args.rounds}")
     cases = select_cases(args.quick, args.only)
     if not cases:
         raise CLIError(f"no benchmark row matches --only {args.only!r} (see --list)")
@@ -668,14 +692,17 @@ def run(args: argparse.Namespace) -> int:
 
         trueconv.set_autotune(True)
     started = time.perf_counter()
-    rows = []
-    for case in cases:
-        row = run_case(case, usable, args.repeats)
-        rows.append(row)
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
-        print(f"{case.name:55s} {_fmt_time(row.seconds):>10s} {row.algorithm:9s} {ratio}",
-              file=sys.stderr, flush=True)
-    text = report(rows, threads, groups, time.perf_counter() - started)
+    rounds: list[list[Row]] = [[] for _ in cases]
+    for index in range(args.rounds):
+        for case, timed in zip(cases, rounds):
+            row = run_case(case, usable, args.repeats)
+            timed.append(row)
+            ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+            prefix = f"[round {index + 1}/{args.rounds}] " if args.rounds > 1 else ""
+            print(f"{prefix}{case.name:55s} {_fmt_time(row.seconds):>10s} {row.algorithm:9s} {ratio}",
+                  file=sys.stderr, flush=True)
+    rows = [merge_rounds(timed) for timed in rounds]
+    text = report(rows, threads, groups, time.perf_counter() - started, args.rounds)
     if args.output:
         _write_atomic(args.output, text)
     else:
