@@ -64,7 +64,7 @@ def _check(x, w, **kwargs):
 # (x shape, w shape, stride, (before, after) pads, dilation, groups): which path each exercises
 CASES = [
     # 'same' 3x3, equal row pitches: interior as one flat run, 1-column border strips,
-    # 1-row window-copy bands; 40 x 300 splits into row tiles (TILE_ELEMENTS)
+    # 1-row window-copy bands (test_tile_seams splits such images into row tiles)
     ((1, 1, 40, 300), (1, 1, 3, 3), 1, ((1, 1), (1, 1)), 1, 1),
     # depthwise with a channel multiplier, odd sizes
     ((2, 3, 13, 17), (6, 1, 3, 3), 1, ((1, 1), (1, 1)), 1, 3),
@@ -79,11 +79,18 @@ CASES = [
     # dilation with stride 1: in place with dilated offsets
     ((1, 2, 14, 13), (2, 1, 3, 3), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 1, 15, 16), (1, 1, 3, 2), 1, ((2, 0), (0, 3)), (2, 3), 1),
-    # 7x7 (49 taps > IN_PLACE_MAX_TAPS): window copy for every tile
+    # 7x7 (49 taps: in place, 9 + 5 x 8 taps per pass), 3-row and 3-column borders
     ((1, 1, 19, 23), (1, 1, 7, 7), 1, ((3, 3), (3, 3)), 1, 1),
+    # 9x9 (81 taps > IN_PLACE_MAX_TAPS): window copy for every tile, 9 passes of 9 taps
+    ((1, 1, 21, 20), (1, 1, 9, 9), 1, ((4, 4), (4, 4)), 1, 1),
+    # 3x2 (6 taps: a short first group zero-fills its target), pads after only
+    ((1, 1, 9, 11), (1, 1, 3, 2), 1, ((0, 2), (0, 1)), 1, 1),
     # 1 x 9 and 9 x 1 kernels
     ((1, 1, 10, 30), (1, 1, 1, 9), 1, ((0, 0), (4, 4)), 1, 1),
     ((1, 1, 30, 10), (1, 1, 9, 1), 1, ((4, 4), (0, 0)), 1, 1),
+    # padding deeper than the kernel: output rows whose taps all read padding (in place
+    # with finite weights: no tap left, the row is zero-filled)
+    ((1, 1, 3, 10), (1, 1, 2, 3), 1, ((3, 3), (1, 1)), 1, 1),
     # images smaller than the kernel footprint: no interior at all
     ((1, 1, 2, 3), (1, 1, 5, 5), 1, ((2, 2), (2, 2)), 1, 1),
     ((1, 1, 1, 1), (1, 1, 3, 3), 1, ((1, 1), (1, 1)), 1, 1),
@@ -99,6 +106,9 @@ CASES = [
     ((1, 2, 6, 7, 8), (2, 2, 3, 3, 3), 1, ((1, 1), (1, 1), (1, 1)), 1, 1),
     ((1, 2, 7, 8, 9), (2, 1, 3, 3, 3), (2, 1, 1), ((1, 0), (1, 1), (0, 2)), 1, 2),
     ((1, 1, 5, 6, 7), (1, 1, 2, 3, 3), 1, ((0, 0), (1, 1), (1, 1)), (2, 1, 1), 1),
+    # depth padding after only: in-place slices first, then a whole-tile window copy
+    # (the scratch grows from the border strips' size to a tile's)
+    ((1, 1, 4, 9, 10), (1, 1, 2, 3, 3), 1, ((0, 1), (1, 1), (1, 1)), 1, 1),
 ]
 
 
@@ -111,10 +121,11 @@ def test_paths_against_direct_sum(x_shape, w_shape, stride, pads, dilation, grou
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("size, k", [((64, 96), 3), ((45, 2100), 3), ((37, 41), 5), ((33, 35), 7)])
+@pytest.mark.parametrize("size, k", [((64, 96), 3), ((45, 2100), 3), ((37, 41), 5), ((33, 35), 7),
+                                     ((30, 31), 9)])
 def test_image_same_matches_scipy(size, k, dtype):
     # single-channel 'same' filtering: equal row pitches (one flat run per band), rows
-    # longer than TILE_COLS (one run per row and column tile), 7x7 through the window copy
+    # longer than TILE_COLS (one run per row and column tile), 9x9 through the window copy
     rng = np.random.default_rng(k)
     image = rng.standard_normal(size).astype(dtype)
     kernel = rng.standard_normal((k, k)).astype(dtype)
@@ -227,3 +238,79 @@ def test_inputs_not_mutated_and_views_accepted():
     _check(x, w, padding=1)
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(w, w_before)
+
+
+def _sequential_sum(x, w, pads):
+    """The direct sum in x's dtype, tap by tap in the order (channel, kh, kw), from +0.
+
+    NumPy's float32/float64 ufuncs round every product and every sum (no FMA), so
+    this is bitwise the sum the compiled loops promise (fastmath off, fixed order).
+    """
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), *pads))
+    oh, ow = xp.shape[2] - kh + 1, xp.shape[3] - kw + 1
+    out = np.zeros((n, o, oh, ow), dtype=x.dtype)
+    for ci in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                out += w[None, :, ci, i, j, None, None] * xp[:, ci, None, i:i + oh, j:j + ow]
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k, in_place_max_taps", [(3, None), (3, 0), (5, None), (7, None),
+                                                  (7, 0), (4, None)])
+def test_bitwise_equal_to_sequential_sum(monkeypatch, dtype, k, in_place_max_taps):
+    # the in-place passes and the window copy (IN_PLACE_MAX_TAPS = 0 sends every tile
+    # there) both give exactly the plain left-to-right sum: grouping taps per pass
+    # never reassociates, and no FMA contraction happens
+    if in_place_max_taps is not None:
+        monkeypatch.setattr(kernels, "IN_PLACE_MAX_TAPS", in_place_max_taps)
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((1, 2, 23, 26)).astype(dtype)
+    w = rng.standard_normal((2, 2, k, k)).astype(dtype)
+    pads = ((k // 2, (k - 1) // 2), (k // 2, (k - 1) // 2))
+    actual = _direct(x, w, padding=pads)
+    expected = _sequential_sum(x, w, pads)
+    np.testing.assert_array_equal(actual.view(_uint(dtype)), expected.view(_uint(dtype)))
+
+
+def _uint(dtype):
+    return np.uint32 if np.dtype(dtype).itemsize == 4 else np.uint64
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [3, 5])
+def test_signed_zeros_bitwise(dtype, k):
+    # products of +-0: the sum from +0 over a zero-padded input is +0, never -0, which is
+    # what lets the border rows skip their padded taps; -0 inputs and negative weights
+    # must still give exactly the sequential sum's bits (NaN-free, so compare the bits)
+    rng = np.random.default_rng(20 + k)
+    x = np.where(rng.random((1, 1, 12, 13)) < 0.5, -0.0, 0.0).astype(dtype)
+    x[0, 0, 6, 6] = 1.5  # one nonzero: a cross of nonzero outputs in +0 / -0 surroundings
+    w = -np.abs(rng.standard_normal((2, 1, k, k))).astype(dtype)
+    w[1] *= -1
+    pads = ((k // 2, k // 2), (k // 2, k // 2))
+    actual = _direct(x, w, padding=pads)
+    expected = _sequential_sum(x, w, pads)
+    np.testing.assert_array_equal(actual.view(_uint(dtype)), expected.view(_uint(dtype)))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, pads", [
+    ((1, 1, 40, 37), (1, 1, 3, 3), ((1, 1), (1, 1))),  # in place: row tiles of a flat run
+    ((1, 2, 31, 30), (2, 2, 7, 7), ((3, 3), (3, 3))),  # in place, 3-row border bands
+    ((1, 1, 33, 29), (1, 1, 9, 9), ((4, 4), (4, 4))),  # window copy, tile by tile
+    ((1, 1, 3, 3100), (1, 1, 3, 5), ((1, 1), (2, 2))),  # row and column tiles
+])
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_tile_seams(monkeypatch, x_shape, w_shape, pads, dtype):
+    # small tiles put seams between tiles (and between border bands and interiors)
+    # everywhere; results must not change by a single bit
+    rng = np.random.default_rng(len(x_shape) + w_shape[-1])
+    x, w = _pair(rng, x_shape, w_shape, dtype)
+    default = _direct(x, w, padding=pads)
+    monkeypatch.setattr(kernels, "TILE_ELEMENTS", 300)
+    assert kernels.tile_shape(w.shape[2:], (1, 1), (1, 1), default.shape[2:])[0] < x_shape[2]
+    small = _check(x, w, padding=pads)
+    np.testing.assert_array_equal(small, default)

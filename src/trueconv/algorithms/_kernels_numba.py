@@ -9,13 +9,14 @@ Each work item owns one output tile, ``rows x cols`` of a plane
 ``out[n, o, od]``. Every output element is the sum over its taps, in the
 order (channel, kd, kh, kw), of ``w * x`` (``w * 0`` where the tap reads
 padding), and every tap of every group of taps is one vectorized pass
-``target[i] = target[i] + w * source[offset + i]`` (:func:`_taps`: up to 8
+``target[i] = target[i] + w * source[offset + i]`` (:func:`_taps`: up to 9
 taps per pass, the first pass starting from zero instead of loading). Three
 ways to present ``source``:
 
 * **in place** (stride 1 in H and W, kernels of at most IN_PLACE_MAX_TAPS
-  taps per plane, or 1-D): the rows and columns of the tile whose taps all
-  read input (no padding) are computed straight from ``x`` into ``out``.
+  taps per plane, up to 7x7, or 1-D): the rows and columns of the tile
+  whose taps all read input (no padding) are computed straight from ``x``
+  into ``out``.
   When input and output rows have the same length ('same' padding), a band
   of rows is ONE flat run: output ``(r, j)`` reads ``x`` at a constant
   offset per tap from its own flat index. The run crosses the band's border
@@ -23,10 +24,14 @@ ways to present ``source``:
   still inside the input plane, and :func:`_border_columns` then overwrites
   those few columns with their true sums (the strip's window copied
   transposed, so that a column is a vectorized run down the rows). The
-  tile's top and bottom rows that read padding go through the window copy
-  below. No copy of the input, no accumulator scratch, no write-back: 3x3
-  to 5x5 images, depthwise layers and 1-D signals ran 1.2-1.8x faster than
-  through the window copy. (The output is placed 2 KiB from the input modulo
+  tile's top and bottom rows that read padding are computed in place too
+  when every weight is finite, one run per row over the taps that read
+  input (a skipped padded tap would have added ``w * 0 = +-0`` to a sum that
+  is never -0: bitwise the same), plus a few scalar border sums; with an
+  infinite weight (``0 * inf = NaN`` must appear) they go through the window
+  copy below. No copy of the input, no accumulator scratch, no write-back:
+  3x3 to 7x7 images, depthwise layers and 1-D signals ran 1.1-1.8x faster
+  than through the window copy. (The output is placed 2 KiB from the input modulo
   4 KiB, :func:`_empty_apart`, or every store would falsely alias the next
   loads.)
 * **window copy** (the rest with stride 1): the input window the tile reads
@@ -35,9 +40,9 @@ ways to present ``source``:
   "wide", with the buffer's row pitch ``P = cols + (KW - 1) * dw``: tap
   ``(kh, kw)`` is the offset ``kh * dh * P + kw * dw``, so a channel's taps
   are one flat run over ``rows * P`` elements (the ``P - cols`` extra columns
-  are dropped when the tile is copied out). Larger kernels stay here: their
-  windows span many input rows, and input rows whose length is a multiple of
-  4 KiB made the in-place runs slower (15x15: 25%).
+  are dropped when the tile is copied out). Larger kernels (9x9 and up) stay
+  here: their windows span many input rows, and input rows whose length is a
+  multiple of 4 KiB made the in-place runs slower (15x15: 25%).
 * **strided** (stride > 1 in H or W): one strided multiply-add per output row
   and tap over the window copy.
 
@@ -54,8 +59,9 @@ split waits for the slowest thread when another process holds a core, while a
 shared counter lets whichever thread runs take the next tiles.
 
 Padded taps add ``0 * w`` exactly as a direct sum over a zero-padded input
-does, so NaN/Inf footprints match it, including ``0 * inf = NaN`` where an
-infinite weight meets padding. Summation order per output element is fixed
+does (or are skipped where that is bitwise the same: finite weights), so
+NaN/Inf footprints match it, including ``0 * inf = NaN`` where an infinite
+weight meets padding. Summation order per output element is fixed
 (channel, kd, kh, kw), starting from zero, in every path, so results are
 bitwise reproducible whatever the thread count, the tiling, the batch size
 and the path that computed an element. Accumulation is in the compute
@@ -82,25 +88,40 @@ from ._pool import run_parallel
 #: Output columns per tile: long rows (1-D signals) are split so that both
 #: threads get work and a tile's buffers stay in L1/L2.
 TILE_COLS = 2048
-#: Target elements per tile (rows * pitch): 32-64 KiB of accumulator (L1/L2);
-#: measured a few percent faster than 4096 or 16384 on 15x15 and 1-D rows.
-TILE_ELEMENTS = 8192
+#: Target output elements per tile (rows * pitch). Window-copy tiles keep
+#: their accumulator and window (128 KiB each in float32) in L2; in-place tiles
+#: have neither, and larger tiles only save per-tile border work. Measured
+#: against 8192 (1 thread, float32 unless noted): depthwise 3x3 @112 160 -> 138
+#: us (whole planes), 1024x1024 3x3 300 -> 248 us, 7x7 float64 through the
+#: window copy 3.1 -> 2.7 ms, 15x15 5.7 -> 5.5 ms; strided calls unchanged.
+TILE_ELEMENTS = 32768
 #: Below this many multiply-adds per thread, waking another thread costs more
 #: than it saves.
 MIN_MACS_PER_THREAD = 1 << 18
 #: Kernel planes of at most this many taps (and every 1-D kernel) compute tile
 #: interiors in place from the input; larger ones through the window copy, whose
-#: row pitch is not a multiple of 4 KiB (measured: 3x3 20% faster in place,
-#: 15x15 25% slower).
-IN_PLACE_MAX_TAPS = 25
+#: row pitch is not a multiple of 4 KiB (measured, 1 thread, 1024x1024: 3x3 20%
+#: faster in place, 7x7 float32 1.34 -> 1.25 ms and float64 even, 15x15 25%
+#: slower: its 15 row streams, 4 KiB apart, overflow an L1 set).
+IN_PLACE_MAX_TAPS = 49
 #: Extra bytes allocated with each output to place it apart from the input.
 OUTPUT_PLACEMENT_BYTES = 4096
 
 
 @numba.njit(cache=True, fastmath=False, nogil=True)
 def _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group,
-                     tile_rows, tile_cols, first, stop):  # pragma: no cover - compiled
-    """Compute output tiles ``first:stop`` (flat tile indices) with one scratch allocation.
+                     tile_rows, tile_cols, in_place_kernel, skip_padding, first,
+                     stop):  # pragma: no cover - compiled
+    """Compute output tiles ``first:stop`` (flat tile indices).
+
+    ``in_place_kernel`` (:func:`in_place_eligible`) lets tile interiors read the
+    input in place; ``skip_padding`` (all weights finite) lets the rows above
+    and below them do so too, skipping the taps that read padding. The
+    scratch (accumulator and window buffer) is allocated for the largest
+    window-copy call met and grown only when a larger one comes: an
+    allocation per tile cost as much as a 16-tap 1-D tile's arithmetic, and
+    sizing it for a whole tile when only its border rows are copied cost a
+    32-128 KiB fill per call.
 
     The per-tile logic is written inline rather than as a compiled helper:
     Numba re-optimizes every callee's loops inside each caller that inlines
@@ -110,18 +131,12 @@ def _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group,
     _, _, out_d, out_h, out_w = out.shape
     row_tiles = (out_h + tile_rows - 1) // tile_rows
     col_tiles = (out_w + tile_cols - 1) // tile_cols
-    # The largest tile sets the scratch sizes; an allocation per tile cost as much
-    # as a 16-tap 1-D tile's arithmetic.
-    max_rows, max_cols = min(tile_rows, out_h), min(tile_cols, out_w)
-    pitch_max = (max_cols - 1) * stride[2] + (k_w - 1) * dilation[2] + 1
-    win_rows_max = (max_rows - 1) * stride[1] + (k_h - 1) * dilation[1] + 1
-    acc = np.empty(max_rows * pitch_max, dtype=out.dtype)
-    # (KW - 1) * dw spare zeros: the last wide row of a dense tile reads past its end
-    buf = np.zeros(win_rows_max * pitch_max + (k_w - 1) * dilation[2], dtype=x.dtype)
+    acc = np.empty(0, dtype=out.dtype)
+    buf = np.empty(0, dtype=x.dtype)
     offsets = np.empty(c_per_group * k_d * k_h * k_w, dtype=np.int64)
+    weights = np.empty(c_per_group * k_d * k_h * k_w, dtype=w.dtype)  # the taps of one run
     # a zero of the compute dtype (a literal 0 would promote float32 sums to float64)
     zero = np.zeros(1, dtype=out.dtype)[0]
-    taps = c_per_group * k_d * k_h * k_w
     _, in_c, in_d, in_h, in_w = x.shape
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     s_d, s_h, s_w = stride
@@ -145,7 +160,7 @@ def _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group,
         # rows [band_lo, band_hi), columns [c0, c1) of the tile read no padding: in place
         band_lo = band_hi = oh0 + rows
         c0 = c1 = ow0
-        in_place = s_h == 1 and s_w == 1 and (k_h == 1 or k_h * k_w <= IN_PLACE_MAX_TAPS)
+        in_place = in_place_kernel
         for kd in range(k_d):
             i_d = od * s_d + kd * d_d - p_d
             in_place = in_place and 0 <= i_d < in_d
@@ -158,41 +173,85 @@ def _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group,
             c0, c1 = max(ow0, j_lo), min(ow0 + cols, j_hi)
             if a < b and c0 < c1:
                 band_lo, band_hi = a, b
-        if band_hi > band_lo:
-            whole = out_w == in_w and cols == out_w
-            runs = 1 if whole else band_hi - band_lo
-            for r in range(band_lo, band_lo + runs):
-                # Tap t of output (r', j) reads the flat input at offsets[t] + (r' - r) * in_w
-                # + (j - c0): with equal row pitches, ONE flat run from (r, c0) to
-                # (band_hi - 1, c1). The border columns it crosses read the neighbouring row
-                # (every read stays in the input plane: rows band_lo - ph to
-                # band_hi - 1 + (KH - 1) * dh - ph) and are overwritten below.
-                t = 0
-                for c in range(c_per_group):
-                    ci = g * c_per_group + c
-                    for kd in range(k_d):
-                        i_d = od * s_d + kd * d_d - p_d
-                        for kh in range(k_h):
-                            i_h = r + kh * d_h - p_h
+        # With finite weights the rows above and below the band are computed in place
+        # too, their padded taps skipped: a padded tap adds w * 0 = +-0, and a sum that
+        # starts from +0 is never -0 (round to nearest), so adding +-0 never changes it
+        # (bitwise the sum over the zero-padded input). An infinite weight meeting
+        # padding must give NaN: then those rows take the window copy below.
+        rows_in_place = skip_padding and in_place and c1 > c0
+        r = oh0 if rows_in_place else band_lo
+        r_end = oh0 + rows if rows_in_place else band_hi
+        while r < r_end:
+            in_band = band_lo <= r < band_hi
+            whole = in_band and out_w == in_w and cols == out_w
+            # Tap t of output (r', j) reads the flat input at offsets[t] + (r' - r) * in_w
+            # + (j - c0): with equal row pitches, ONE flat run from (r, c0) to
+            # (band_hi - 1, c1). The border columns it crosses read the neighbouring row
+            # (every read stays in the input plane: rows band_lo - ph to
+            # band_hi - 1 + (KH - 1) * dh - ph) and are overwritten below.
+            t = np.int64(0)  # (not a literal 0: Numba would compile _taps for Literal[int](0))
+            for c in range(c_per_group):
+                ci = g * c_per_group + c
+                for kd in range(k_d):
+                    i_d = od * s_d + kd * d_d - p_d
+                    for kh in range(k_h):
+                        i_h = r + kh * d_h - p_h
+                        if 0 <= i_h < in_h:  # always, in the band
                             row = ((n * in_c + ci) * in_d + i_d) * in_h + i_h
                             for kw in range(k_w):
                                 offsets[t] = row * in_w + c0 + kw * d_w - p_w
+                                weights[t] = w[o, c, kd, kh, kw]
                                 t += 1
-                start = (((n * out_ch + o) * out_d + od) * out_h + r) * out_w + c0
-                length = ((band_hi - band_lo - 1) * out_w if whole else 0) + c1 - c0
-                _taps(flat_out[start:start + length], flat_x, offsets, w[o].reshape(-1), taps,
-                      taps > 0, zero)  # (non-literal arguments: one compiled signature)
+            start = (((n * out_ch + o) * out_d + od) * out_h + r) * out_w + c0
+            length = ((band_hi - band_lo - 1) * out_w if whole else 0) + c1 - c0
+            # (non-literal arguments: one compiled signature)
+            _taps(flat_out[start:start + length], flat_x, offsets, weights, t, t >= 0, zero)
+            if not in_band:
+                # the row's border columns: a few scalar sums over the taps that read input
+                # (not for the band's border columns: scalar sums there made a depthwise
+                # 3x3 layer @112 2.5x slower than the transposed strips below)
+                for jj in range(cols - (c1 - c0)):
+                    j = ow0 + jj if ow0 + jj < c0 else c1 + jj - (c0 - ow0)
+                    value = zero
+                    for c in range(c_per_group):
+                        ci = g * c_per_group + c
+                        for kd in range(k_d):
+                            i_d = od * s_d + kd * d_d - p_d
+                            for kh in range(k_h):
+                                i_h = r + kh * d_h - p_h
+                                if 0 <= i_h < in_h:
+                                    for kw in range(k_w):
+                                        i_w = j + kw * d_w - p_w
+                                        if 0 <= i_w < in_w:
+                                            value = value + w[o, c, kd, kh, kw] * x[n, ci, i_d,
+                                                                                    i_h, i_w]
+                    out[n, o, od, r, j] = value
+            r = band_hi if whole else r + 1
+        if band_hi > band_lo:
             for part in range(2):
                 j0, j1 = (ow0, c0) if part == 0 else (c1, ow0 + cols)
                 if j1 > j0:
+                    need_buf = (band_hi - band_lo + (k_h - 1) * d_h) * (j1 - j0 + (k_w - 1) * d_w)
+                    if acc.shape[0] < band_hi - band_lo or buf.shape[0] < need_buf:
+                        acc = np.empty(max(acc.shape[0], band_hi - band_lo), dtype=out.dtype)
+                        buf = np.empty(max(buf.shape[0], need_buf), dtype=x.dtype)
                     _border_columns(x, w, out, n, o, od, band_lo, band_hi, j0, j1,
                                     out_channels_per_group, stride, dilation, pad, acc, buf,
                                     zero)
+        if rows_in_place:
+            continue
         # the rows above and below the band through the window copy (one call site:
         # each is another inlined copy of its loops for LLVM, first-call compile time)
         for part in range(2):
             r0, r1 = (oh0, band_lo) if part == 0 else (band_hi, oh0 + rows)
             if r1 > r0:
+                pitch = (cols - 1) * s_w + (k_w - 1) * d_w + 1
+                # (KW - 1) * dw spare elements: the last wide row of a dense tile reads past
+                # its window (_tile_buffered zeroes them)
+                need_buf = ((r1 - r0 - 1) * s_h + (k_h - 1) * d_h + 1) * pitch + (k_w - 1) * d_w
+                if acc.shape[0] < (r1 - r0) * pitch or buf.shape[0] < need_buf:
+                    acc = np.empty(max(acc.shape[0], (r1 - r0) * pitch), dtype=out.dtype)
+                    buf = np.empty(max(buf.shape[0], need_buf), dtype=x.dtype)
                 _tile_buffered(x, w, out, n, o, od, r0, r1 - r0, ow0, cols,
                                out_channels_per_group, stride, dilation, pad, acc, buf,
                                offsets, zero)
@@ -259,17 +318,28 @@ def _taps(target, source, offsets, weights, taps, first, zero):  # pragma: no co
     """``target[i] (+)= sum_t weights[t] * source[offsets[t] + i]``, t in order.
 
     From ``zero`` when ``first``, else onto ``target``. Taps go in groups of
-    8, 4, 2 and 1 per pass over ``target``: each element still receives
-    ``a = a + w * s`` tap after tap in the same order (bitwise the same sums
-    as one pass per tap), but ``target`` is loaded and stored once per group,
-    and not loaded at all by the first. (One function, not one per group
-    size: every compiled function costs first-call compile time.)
+    9 or 8, then 4, 2 and 1 per pass over ``target``: each element still
+    receives ``a = a + w * s`` tap after tap in the same order (bitwise the
+    same sums as one pass per tap), but ``target`` is loaded and stored once
+    per group, and not loaded at all by a first group of 8 or 9. Nine source
+    streams still vectorize (LLVM's runtime alias checks, one per stream), so a
+    3x3 kernel is one pass and 5x5 / 7x7 / 15x15 take 3 / 6 / 25.
+
+    The first group has loops of its own rather than ``zero if first else
+    target[i]`` inside the loop: that select compiled to a masked load per
+    vector and made the 8-tap pass 2.1x slower (float32, measured). A short
+    first group (fewer than 8 taps) zero-fills ``target`` instead, which gives
+    bitwise the same ``zero + w * s``. (One function, not one per group size:
+    every compiled function costs first-call compile time.)
     """
     size = target.shape[0]
     t = 0
+    if first and taps < 8:
+        for i in range(size):
+            target[i] = zero
+        first = False
     while t < taps:
         left = taps - t
-        init = first and t == 0
         s0, w0 = source[offsets[t]:], weights[t]
         if left >= 8:
             s1, s2, s3 = source[offsets[t + 1]:], source[offsets[t + 2]:], source[offsets[t + 3]:]
@@ -277,21 +347,59 @@ def _taps(target, source, offsets, weights, taps, first, zero):  # pragma: no co
             s7 = source[offsets[t + 7]:]
             w1, w2, w3, w4 = weights[t + 1], weights[t + 2], weights[t + 3], weights[t + 4]
             w5, w6, w7 = weights[t + 5], weights[t + 6], weights[t + 7]
-            for i in range(size):
-                a = (zero if init else target[i]) + w0 * s0[i]
-                a = a + w1 * s1[i]
-                a = a + w2 * s2[i]
-                a = a + w3 * s3[i]
-                a = a + w4 * s4[i]
-                a = a + w5 * s5[i]
-                a = a + w6 * s6[i]
-                target[i] = a + w7 * s7[i]
-            t += 8
+            # nine taps when that leaves fewer passes (3x3, 5x5, 7x7, 15x15), else eight
+            if left >= 9 and (left % 9 == 0 or left % 8 != 0):
+                s8, w8 = source[offsets[t + 8]:], weights[t + 8]
+                if first and t == 0:
+                    for i in range(size):
+                        a = zero + w0 * s0[i]
+                        a = a + w1 * s1[i]
+                        a = a + w2 * s2[i]
+                        a = a + w3 * s3[i]
+                        a = a + w4 * s4[i]
+                        a = a + w5 * s5[i]
+                        a = a + w6 * s6[i]
+                        a = a + w7 * s7[i]
+                        target[i] = a + w8 * s8[i]
+                else:
+                    for i in range(size):
+                        a = target[i] + w0 * s0[i]
+                        a = a + w1 * s1[i]
+                        a = a + w2 * s2[i]
+                        a = a + w3 * s3[i]
+                        a = a + w4 * s4[i]
+                        a = a + w5 * s5[i]
+                        a = a + w6 * s6[i]
+                        a = a + w7 * s7[i]
+                        target[i] = a + w8 * s8[i]
+                t += 9
+            elif first and t == 0:
+                for i in range(size):
+                    a = zero + w0 * s0[i]
+                    a = a + w1 * s1[i]
+                    a = a + w2 * s2[i]
+                    a = a + w3 * s3[i]
+                    a = a + w4 * s4[i]
+                    a = a + w5 * s5[i]
+                    a = a + w6 * s6[i]
+                    target[i] = a + w7 * s7[i]
+                t += 8
+            else:
+                for i in range(size):
+                    a = target[i] + w0 * s0[i]
+                    a = a + w1 * s1[i]
+                    a = a + w2 * s2[i]
+                    a = a + w3 * s3[i]
+                    a = a + w4 * s4[i]
+                    a = a + w5 * s5[i]
+                    a = a + w6 * s6[i]
+                    target[i] = a + w7 * s7[i]
+                t += 8
         elif left >= 4:
             s1, s2, s3 = source[offsets[t + 1]:], source[offsets[t + 2]:], source[offsets[t + 3]:]
             w1, w2, w3 = weights[t + 1], weights[t + 2], weights[t + 3]
             for i in range(size):
-                a = (zero if init else target[i]) + w0 * s0[i]
+                a = target[i] + w0 * s0[i]
                 a = a + w1 * s1[i]
                 a = a + w2 * s2[i]
                 target[i] = a + w3 * s3[i]
@@ -299,11 +407,11 @@ def _taps(target, source, offsets, weights, taps, first, zero):  # pragma: no co
         elif left >= 2:
             s1, w1 = source[offsets[t + 1]:], weights[t + 1]
             for i in range(size):
-                target[i] = ((zero if init else target[i]) + w0 * s0[i]) + w1 * s1[i]
+                target[i] = (target[i] + w0 * s0[i]) + w1 * s1[i]
             t += 2
         else:
             for i in range(size):
-                target[i] = (zero if init else target[i]) + w0 * s0[i]
+                target[i] = target[i] + w0 * s0[i]
             t += 1
 
 
@@ -382,6 +490,14 @@ def _copy(target, source):  # pragma: no cover - compiled
         target[j] = source[j]
 
 
+def in_place_eligible(kernel_shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether tile interiors are computed in place: stride 1 in H and W, a small kernel plane."""
+    k_h = kernel_shape[-2] if len(kernel_shape) > 1 else 1
+    s_h = stride[-2] if len(stride) > 1 else 1
+    small = k_h == 1 or k_h * kernel_shape[-1] <= IN_PLACE_MAX_TAPS
+    return s_h == 1 and stride[-1] == 1 and small
+
+
 def tile_shape(kernel_shape: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
                output_shape: tuple[int, ...]) -> tuple[int, int]:
     """Output ``(rows, cols)`` per tile: up to TILE_COLS columns, rows to fill TILE_ELEMENTS."""
@@ -456,7 +572,10 @@ def correlate(
     items = tile_count(out.shape[2:], out.shape[0], out.shape[1], tile_rows, tile_cols)
     macs = out.size * w3[0].size
     threads = min(get_num_threads(), items, max(1, macs // MIN_MACS_PER_THREAD))
-    args = (x3, w3, out, stride3, dilation3, pad3, out_channels_per_group, tile_rows, tile_cols)
+    # padded taps may be skipped when every weight is finite (w * 0 = +-0 then)
+    skip_padding = w3.dtype.kind in "iu" or bool(np.isfinite(w3).all())
+    args = (x3, w3, out, stride3, dilation3, pad3, out_channels_per_group, tile_rows, tile_cols,
+            in_place_eligible(w3.shape[2:], stride3), skip_padding)
     if threads <= 1:
         _correlate_tiles(*args, 0, items)
     else:

@@ -8,7 +8,7 @@ split by the engine gives bitwise the same result):
   and float64 with 1 to 3 spatial dims, when channels per group are few
   (at most 8: depthwise, single-image filtering, RGB input) or the dtype is integer
   (NumPy's integer matmul has no BLAS). Each output tile stays in L1/L2
-  while groups of up to 8 taps add ``w * input`` to it in vectorized passes;
+  while groups of up to 9 taps add ``w * input`` to it in vectorized passes;
   tile interiors read the input in place (small kernels, stride 1) and zero
   padding is materialized per border tile only, never for the whole input.
 * **GEMM per tap** (the fallback and the many-channel path): for each tap the
