@@ -160,3 +160,22 @@ def test_every_spec_message_names_its_function() -> None:
     for check in checks:
         with pytest.raises(ValueError, match=r"^myfn"):
             check()
+
+
+def test_memoized_normalization_never_confuses_equal_values_of_other_types():
+    # stride=True == 1 and 1.0 == 1 in Python: a cache keyed on values alone would accept them
+    import trueconv
+    from trueconv import _api
+
+    x = np.ones((1, 2, 6, 6))
+    w = np.ones((2, 2, 3, 3))
+    first = trueconv.conv2d(x, w, stride=1, padding=(1, 1))
+    assert np.array_equal(trueconv.conv2d(x, w, stride=1, padding=(1, 1)), first)
+    assert _api._normalize_conv_cached.cache_info().hits >= 1
+    for bad in (True, (1, True), 1.0, (1.0, 1)):
+        with pytest.raises(TypeError, match="stride must be an integer"):
+            trueconv.conv2d(x, w, stride=bad, padding=(1, 1))
+    with pytest.raises(TypeError, match="padding"):
+        trueconv.conv2d(x, w, stride=1, padding=(True, 1))
+    # unhashable arguments are validated afresh, with the same result
+    assert np.array_equal(trueconv.conv2d(x, w, stride=[1, 1], padding=[1, 1]), first)
