@@ -400,21 +400,21 @@ def test_im2col_row_chunks_under_a_small_memory_limit(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("batch, column_bytes", [(1, 8 * 2**20), (3, 8 * 2**20), (2, 20_000)])
 def test_im2col_worker_threads_split_chunks(threads: int, batch: int, column_bytes: int,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # Column chunks (images, or row bands of one image) go to worker threads, one BLAS
-    # thread each; every output element is written by exactly one chunk.
+    # Bands of output rows (whole images when they fit) go to worker threads, one BLAS thread
+    # each, when there are several images; every output element is written by exactly one band.
     rng = np.random.default_rng(4)
     x = rng.standard_normal((batch, 4, 23, 17))
     w = rng.standard_normal((6, 2, 3, 3))
     monkeypatch.setattr(im2col_module, "COLUMN_BYTES", column_bytes)
     monkeypatch.setattr(im2col_module, "get_num_threads", lambda: threads)
     spec = canonical_spec(Case("t", x.shape, w.shape, stride=(2, 1), padding=1, groups=2), x, w)
-    items = im2col_module.column_items(spec, *im2col_module.column_chunk(spec))
-    assert len(items) >= min(threads, batch)
-    workers, _ = im2col_module.column_workers(spec, items)
-    assert workers == min(threads, len(items))
+    items = im2col_module.plane_items(spec, im2col_module.plane_geometry(spec))
+    assert len(items) >= batch
+    workers = im2col_module.plane_workers(spec, items)
+    assert workers == (min(threads, len(items)) if batch > 1 else 1)
     covered = np.zeros((batch, spec.output_shape[0]), dtype=int)
-    for n0, nb, r0, r1 in items:
-        covered[n0:n0 + nb, r0:r1] += 1
+    for n0, r0, r1 in items:
+        covered[n0, r0:r1] += 1
     assert (covered == 1).all()
     out = trueconv.conv(x, w, stride=(2, 1), padding=1, groups=2, algorithm="im2col")
     expected = torch_conv(x, w, stride=(2, 1), padding=1, groups=2)

@@ -37,6 +37,7 @@ from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
 from ._threads import get_num_threads
 from .algorithms import ALGORITHMS
+from .algorithms import im2col as im2col_module
 from .algorithms import winograd as winograd_module
 
 __all__ = [
@@ -233,6 +234,12 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
             # gather; the plane's zeros multiplied too, inputs copied once, one GEMM per position
             flat_macs, copied, calls = flat
             return [flat_macs * (4 if np.dtype(spec.dtype).kind == "c" else 1), copied, calls, 1.0]
+        plane = im2col_module.plane_work(spec)
+        if plane is not None:
+            # phase-plane path: the input split once into its stride phases (the pads written
+            # in), contiguous column copies, the wide rows' extra multiply-adds, one GEMM per band
+            plane_macs, copied, calls = plane
+            return [plane_macs * (4 if np.dtype(spec.dtype).kind == "c" else 1), copied, calls, 1.0]
         # gather C*K rows of P columns (none for a pointwise 1x1), then one GEMM per (batch, group)
         gathered = 0 if _im2col_is_pointwise(spec) else n * g * c * k * p * itemsize
         return [macs, float(gathered), float(n * g), 1.0]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._memory import get_memory_limit
 
-__all__ = ["LockedIterator", "run_parallel", "scratch", "single_threaded_blas"]
+__all__ = ["LockedIterator", "drain", "run_parallel", "scratch", "single_threaded_blas"]
 
 
 class LockedIterator:
@@ -65,6 +65,29 @@ def _get_pool(size: int) -> ThreadPoolExecutor:
             if old is not None:
                 old.shutdown(wait=False)  # its idle threads exit; running tasks finish
         return _pool
+
+
+def drain(task: Any, workers: int) -> None:
+    """Run ``task`` in this thread and in ``workers - 1`` pool threads, all draining one
+    shared queue; a helper that has not started by the time this thread has emptied the
+    queue is cancelled, not waited for. On a loaded machine a pool thread can start
+    milliseconds late; the work then simply runs here (``run_parallel`` would wait)."""
+    if workers <= 1:
+        task()
+        return
+    pool = _get_pool(workers - 1)
+    futures = [pool.submit(task) for _ in range(workers - 1)]
+    try:
+        task()
+    finally:
+        for future in futures:
+            future.cancel()
+        for future in futures:
+            if not future.cancelled():
+                future.exception()  # wait for a running helper before the buffers go away
+    for future in futures:
+        if not future.cancelled():
+            future.result()
 
 
 def run_parallel(tasks: list[Any]) -> None:
