@@ -21,7 +21,10 @@ channels-last one block at a time, in cache). The work is cut into blocks of
 tiles (whole images, bands of tile rows or pieces of a row, see
 :func:`tile_blocks`); the calling thread and the threads of a persistent pool
 take whole blocks (transform in, GEMM, transform out) with one BLAS thread
-each, so the workspace is a few blocks whatever the image size. The weight
+each, so the workspace is a few blocks whatever the image size. Where there are too
+few tiles for a block per thread (batch-1 layers on small images) the
+threads split the transform points instead, each running every stage for its
+points on all tiles (:meth:`Winograd._run_points`). The weight
 transform ``U`` is one small GEMM per input channel written straight into its
 GEMM layout. Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
@@ -33,9 +36,10 @@ same transforms, tiling the output gradient instead of the output (see
 Dilation (stride 1): an axis dilated by ``d`` splits into ``d`` interleaved
 phases, each an undilated correlation of every ``d``-th padded input sample
 (TensorFlow's ``atrous_conv2d`` by ``space_to_batch``). The ``prod(d)`` phases
-become batch items of one stride-1 problem (:func:`phase_spec`,
-:func:`split_phases`, :func:`merge_phases`: one strided copy in, one out), so
-a dilated 3x3 layer runs at the speed of the undilated one on images ``d``
+become batch items of one stride-1 problem (:func:`phase_spec`) that the 2-D and
+3-D kernels read from the input and write to the output in place, strided (the
+1-D path runs on phase copies, :func:`split_phases` and :func:`merge_phases`),
+so a dilated 3x3 layer runs at the speed of the undilated one on images ``d``
 times smaller per axis.
 
 Transforms, generated exactly by Toom-Cook interpolation (checked in rational
@@ -43,6 +47,13 @@ arithmetic by ``tests/test_algorithms.py::test_winograd_matrices_exact``):
 
 * F(2, 3): points 0, +1, -1 and infinity (Lavin & Gray eq. 7).
 * F(4, 3): points 0, +1, -1, +2, -2 and infinity (Lavin & Gray section 4.2).
+* F(6, 3), 1-D only: points 0, +-1, +-2, +-1/2 and infinity (the same Toom-Cook
+  construction).
+
+1-D problems run their own channels-first kernels (:meth:`Winograd._run_1d`):
+``V`` as (T, C, tiles) read from contiguous channel rows, ``M[t] = U[t] @ V[t]``
+with no transposed operand, the output written as contiguous rows; F(6, 3)
+where its error allows (11% fewer products than F(4, 3)).
 
 Accuracy, measured on this machine (``_measure_errors``): N(0, 1) data,
 ``max|y - ref| / max|ref|`` against a float64 direct sum, batch 2, 8 output
@@ -57,6 +68,7 @@ F(2, 3)   3-D    2.1e-7    4.0e-7    7.4e-7     1.4e-15   1.1e-6
 F(4, 3)   1-D    5.4e-7    1.3e-6    2.5e-6     2.3e-15   2.5e-7
 F(4, 3)   2-D    2.3e-6    5.3e-6    1.1e-5     1.1e-14   5.3e-7
 F(4, 3)   3-D    1.3e-5    1.8e-5    4.2e-5     5.2e-14   8.0e-7
+F(6, 3)   1-D    7.8e-7    1.0e-6    2.1e-6     3.1e-15   2.5e-7
 ========  =====  ========  ========  =========  ========  ==================
 
 F(2, 3) is as accurate as direct float32 summation; F(4, 3) loses about one
@@ -77,13 +89,16 @@ redone per call, dominates); batch 8: 7.3-9.0 / 5.5-5.9 (torch 9.1-10.8 /
 5.4-5.8). One thread: 512->512 @7 batch 8: 18.5 (im2col 12, torch 11; four
 tiles per image and a 9.4M-entry weight transform: Winograd does not pay
 there); 3-D 3x3x3 16->16 @16x32x32 batch 8: 16 (im2col 40, torch 14); 1-D k=3
-64->64 L=4096 batch 8: 12 (im2col 7, torch 6.5), so in 1-D it serves explicit
-requests but rarely pays.
+64->64 L=4096 batch 8: 12 (im2col 7, torch 6.5) through the general kernels;
+the 1-D path (F(6, 3), channels-first) takes 3.5-3.7 ms at one thread and
+1.9-2.9 ms at two (torch 3.2 ms at two), batch 1 0.43-0.45 ms at one thread
+(torch 0.41 ms at two).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -93,7 +108,7 @@ import numpy as np
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import LockedIterator, run_parallel, scratch, single_threaded_blas
+from ._pool import LockedIterator, drain, run_parallel, scratch, single_threaded_blas
 
 _F = Fraction
 
@@ -242,35 +257,62 @@ def _call_transforms(m: int, nd: int, dtype: np.dtype) -> Any:
 # lazily by _kernels() so that importing trueconv does not import Numba.
 # ---------------------------------------------------------------------------
 def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
-                     n0, n1, d0, d1, h0, h1, w0, w1, v):  # pragma: no cover
+                     n0, n1, d0, d1, h0, h1, w0, w1, v, p0, p1, dd, dh, dw):  # pragma: no cover
     # x: (N, C, D, H, W) unpadded input, zero-padded by (lo_d, lo_h, lo_w) before and as much
     # as the tiles need after; v: (ad*ah*aw, tiles, C) for the tile block [n0:n1, d0:d1,
     # h0:h1, w0:w1], tiles in C order. Per image: copy the block's padded window into a
     # channels-last band (the layout change happens here, in cache, instead of as a pass
     # over the whole input); then per tile stage D, H and W, each one 1-D B^T with its zeros
     # skipped and its inner loop over the contiguous channel axis, which LLVM vectorizes.
+    # [p0, p1) (p1 < 0: all) restricts the output to the transform points whose index on
+    # the outermost transformed axis (D in 3-D, H in 2-D; see point_ranges) lies in it: v
+    # then holds only those (p1 - p0) * T / alpha points, in the same order.
+    # Dilation (dd, dh, dw) (see phase_spec): image i of the tile grid is phase
+    # (rd, rh, rw) = unravel(i % (dd*dh*dw)) of image i // (dd*dh*dw) of x, an undilated
+    # problem on every d-th zero-padded sample from r, read here in place (strided).
     ad, ah, aw = btd.shape[0], bth.shape[0], btw.shape[0]
+    if ad > 1:
+        sa0, sa1, sb0, sb1 = p0, ad if p1 < 0 else p1, 0, ah
+    else:
+        sa0, sa1, sb0, sb1 = 0, 1, p0, ah if p1 < 0 else p1
+    toff = (sa0 * ah + sb0) * aw  # index in v of the first point computed
     nc, dn, hn, wn = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
-    # the band: padded coordinates [d0*md, (d1-1)*md+ad) x [h0*mh, ...) x [w0*mw, ...)
+    # the band: (phase) padded coordinates [d0*md, (d1-1)*md+ad) x [h0*mh, ...) x [w0*mw, ...)
     bd, bh, bw = (d1 - d0 - 1) * md + ad, (h1 - h0 - 1) * mh + ah, (w1 - w0 - 1) * mw + aw
-    pd, ph, pw = d0 * md - lo_d, h0 * mh - lo_h, w0 * mw - lo_w  # band origin in x coordinates
-    za, zb = max(0, -pd), min(bd, dn - pd)
-    ya, yb = max(0, -ph), min(bh, hn - ph)
-    xa, xb = max(0, -pw), min(bw, wn - pw)
+    od, oh, ow = d0 * md, h0 * mh, w0 * mw  # band origin
+    phases = dd * dh * dw
     band = np.zeros((bd, bh, bw, nc), dtype=x.dtype)
     t1 = np.empty((ad if ad > 1 else 0, bh, bw, nc), dtype=x.dtype)
     t2 = np.empty((ah, bw, nc), dtype=x.dtype)
     cw = w1 - w0
     tile = 0
-    for n in range(n0, n1):
-        for z in range(za, zb):
-            for y in range(ya, yb):
-                for xx in range(xa, xb):
-                    for c in range(nc):
-                        band[z, y, xx, c] = x[n, c, pd + z, ph + y, pw + xx]
+    for i in range(n0, n1):
+        n, q = i // phases, i % phases
+        rd, rh, rw = q // (dh * dw), (q // dw) % dh, q % dw
+        # band sample z reads x at dd * (od + z) + rd - lo_d: inside x for z in [za, zb)
+        za, zb = max(0, -((rd - lo_d) // dd) - od), min(bd, (dn - 1 + lo_d - rd) // dd + 1 - od)
+        ya, yb = max(0, -((rh - lo_h) // dh) - oh), min(bh, (hn - 1 + lo_h - rh) // dh + 1 - oh)
+        xa, xb = max(0, -((rw - lo_w) // dw) - ow), min(bw, (wn - 1 + lo_w - rw) // dw + 1 - ow)
+        if phases == 1:  # (the undilated copy written plainly: unit strides for LLVM)
+            for z in range(za, zb):
+                for y in range(ya, yb):
+                    for xx in range(xa, xb):
+                        for c in range(nc):
+                            band[z, y, xx, c] = x[n, c, od - lo_d + z, oh - lo_h + y,
+                                                  ow - lo_w + xx]
+        else:
+            band[:] = 0  # each phase has pads of its own
+            for z in range(za, zb):
+                sz = dd * (od + z) + rd - lo_d
+                for y in range(ya, yb):
+                    sy = dh * (oh + y) + rh - lo_h
+                    for xx in range(xa, xb):
+                        sx = dw * (ow + xx) + rw - lo_w
+                        for c in range(nc):
+                            band[z, y, xx, c] = x[n, c, sz, sy, sx]
         for td in range(d1 - d0):
             # stage D over whole band planes (skipped for 1-D and 2-D problems)
-            for a in range(ad if ad > 1 else 0):
+            for a in range(sa0 if ad > 1 else 0, sa1 if ad > 1 else 0):
                 for y in range(bh):
                     for xx in range(bw):
                         for c in range(nc):
@@ -284,13 +326,13 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
                                     t1[a, y, xx, c] += b * band[td * md + j, y, xx, c]
             src = t1 if ad > 1 else band
             for th in range(h1 - h0):
-                for a in range(ad):
+                for a in range(sa0, sa1):
                     # stage H for a whole row of tiles: contiguous (width x channels) loops
                     # (alpha 6 and 4 are written out: one store per output and the
                     # coefficients in registers, instead of a zero-and-accumulate pass
                     # through memory per nonzero coefficient; 0 * d adds nothing to finite data)
                     r0 = th * mh
-                    for bb in range(ah):
+                    for bb in range(sb0, sb1):
                         if ah == 6:
                             b0, b1, b2 = bth[bb, 0], bth[bb, 1], bth[bb, 2]
                             b3, b4, b5 = bth[bb, 3], bth[bb, 4], bth[bb, 5]
@@ -321,9 +363,9 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
                                         for c in range(nc):
                                             t2[bb, xx, c] += b * src[a, r0 + j, xx, c]
                     # stage W, tile by tile along the row
-                    for bb in range(ah):
+                    for bb in range(sb0, sb1):
                         for k in range(aw):
-                            t = (a * ah + bb) * aw + k
+                            t = (a * ah + bb) * aw + k - toff
                             if aw == 6:
                                 b0, b1, b2 = btw[k, 0], btw[k, 1], btw[k, 2]
                                 b3, b4, b5 = btw[k, 3], btw[k, 4], btw[k, 5]
@@ -358,28 +400,45 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
                 tile += cw
 
 
-def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  # pragma: no cover
+def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out,
+                      p0, p1, dd, dh, dw):  # pragma: no cover
     # mm: (ad*ah*aw, tiles, O) GEMM result of the tile block; out: (N, O, Do, Ho, Wo).
     # Per row of tiles: stage W, H, then D (one 1-D A^T each, inner loops over the
     # contiguous (tile, column, channel) axes), then a transposing, cropped store: the
-    # parts of ragged-border tiles past the output's end are dropped.
+    # parts of ragged-border tiles past the output's end are dropped. With [p0, p1) (see
+    # _input_transform) mm holds only those points and out receives their share of the sum
+    # over the points (the output transform is linear): the shares of all ranges add up to
+    # the output.
     md, ad = atd.shape
     mh, ah = ath.shape
     mw, aw = atw.shape
+    if ad > 1:
+        sa0, sa1, sb0, sb1 = p0, ad if p1 < 0 else p1, 0, ah
+    else:
+        sa0, sa1, sb0, sb1 = 0, 1, p0, ah if p1 < 0 else p1
+    toff = (sa0 * ah + sb0) * aw
+    sbn = sb1 - sb0
     no = out.shape[1]
     dout, hout, wout = out.shape[2], out.shape[3], out.shape[4]
     cw = w1 - w0
     r1 = np.empty((ad * ah, cw * mw, no), dtype=mm.dtype)
     r2 = np.empty((ad, mh, cw * mw, no), dtype=mm.dtype)
     r3 = np.empty((mh, cw * mw, no), dtype=mm.dtype)
-    wn = min(cw * mw, wout - w0 * mw)  # output columns this block writes
+    phases = dd * dh * dw
     tile = 0
-    for n in range(n0, n1):
+    for i in range(n0, n1):
+        # dilation as in _input_transform: grid image i is phase (rd, rh, rw) of image n,
+        # whose axis d*j + r outputs it holds, ceil((size - r) / d) of them per axis
+        n, q = i // phases, i % phases
+        rd, rh, rw = q // (dh * dw), (q // dw) % dh, q % dw
+        cd = -((rd - dout) // dd)
+        ch = -((rh - hout) // dh)
+        wn = min(cw * mw, -((rw - wout) // dw) - w0 * mw)  # output columns this block writes
         for td in range(d0, d1):
             for th in range(h0, h1):
                 # (alpha 6 and 4 written out, as in _input_transform)
-                for ab in range(ad * ah):
-                    k0 = ab * aw
+                for ab in range(sa0 * ah + sb0, (sa1 - 1) * ah + sb1):
+                    k0 = ab * aw - toff
                     for u in range(mw):
                         if aw == 6:
                             b0, b1, b2 = atw[u, 0], atw[u, 1], atw[u, 2]
@@ -412,10 +471,35 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                                     for tw in range(cw):
                                         for o in range(no):
                                             r1[ab, tw * mw + u, o] += b * mm[k0 + k, tile + tw, o]
-                for a in range(ad):
+                for a in range(sa0, sa1):
                     j0 = a * ah
                     for vv in range(mh):
-                        if ah == 6:
+                        if sbn == 3:
+                            # a 2-D point range: half of F(4, 3)'s rows (two threads)
+                            b0, b1, b2 = ath[vv, sb0], ath[vv, sb0 + 1], ath[vv, sb0 + 2]
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = (b0 * r1[sb0, col, o]
+                                                         + b1 * r1[sb0 + 1, col, o]
+                                                         + b2 * r1[sb0 + 2, col, o])
+                        elif sbn == 2:
+                            # half of F(2, 3)'s rows, a third of F(4, 3)'s
+                            b0, b1 = ath[vv, sb0], ath[vv, sb0 + 1]
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = (b0 * r1[sb0, col, o]
+                                                         + b1 * r1[sb0 + 1, col, o])
+                        elif sbn != ah:
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r2[a, vv, col, o] = 0
+                            for bb in range(sb0, sb1):
+                                b = ath[vv, bb]
+                                if b != 0:
+                                    for col in range(cw * mw):
+                                        for o in range(no):
+                                            r2[a, vv, col, o] += b * r1[bb, col, o]
+                        elif ah == 6:
                             b0, b1, b2 = ath[vv, 0], ath[vv, 1], ath[vv, 2]
                             b3, b4, b5 = ath[vv, 3], ath[vv, 4], ath[vv, 5]
                             for col in range(cw * mw):
@@ -444,8 +528,8 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                                     for col in range(cw * mw):
                                         for o in range(no):
                                             r2[a, vv, col, o] += b * r1[j0 + bb, col, o]
-                hn = min(mh, hout - th * mh)
-                for z in range(min(md, dout - td * md)):
+                hn = min(mh, ch - th * mh)
+                for z in range(min(md, cd - td * md)):
                     if ad == 1:
                         res = r2[0]
                     else:
@@ -453,7 +537,7 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                             for col in range(cw * mw):
                                 for o in range(no):
                                     r3[vv, col, o] = 0
-                        for a in range(ad):
+                        for a in range(sa0, sa1):
                             b = atd[z, a]
                             if b != 0:
                                 for vv in range(mh):
@@ -461,11 +545,18 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out):  
                                         for o in range(no):
                                             r3[vv, col, o] += b * r2[a, vv, col, o]
                         res = r3
-                    for o in range(no):
-                        for vv in range(hn):
-                            for col in range(wn):
-                                out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = \
-                                    res[vv, col, o]
+                    if phases == 1:  # (undilated: a unit-stride store, as LLVM sees it)
+                        for o in range(no):
+                            for vv in range(hn):
+                                for col in range(wn):
+                                    out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = \
+                                        res[vv, col, o]
+                    else:
+                        for o in range(no):
+                            for vv in range(hn):
+                                for col in range(wn):
+                                    out[n, o, dd * (td * md + z) + rd, dh * (th * mh + vv) + rh,
+                                        dw * (w0 * mw + col) + rw] = res[vv, col, o]
                 tile += cw
 
 
@@ -540,6 +631,386 @@ def _gradient_transform(gy, o0, o1, n0, n1, h0, h1, w0, w1, u):  # pragma: no co
                             u[6 * a + 3, q, base + tw] = e4 + f4
                             u[6 * a + 4, q, base + tw] = e4 - f4
                             u[6 * a + 5, q, base + tw] = h3_
+
+def _input_transform_1d(x, lo, bt, n0, n1, w0, w1, v):  # pragma: no cover
+    # x: (N, C, L) unpadded input, zero-padded by lo before and as much as the tiles need
+    # after; v: (alpha, C, tiles) for the block of whole tiles [w0, w1) of images [n0, n1),
+    # tiles numbered (n - n0) * (w1 - w0) + (w - w0). Channels-first throughout: per
+    # channel row, copy the block's padded window (contiguous), split it into its m phases
+    # e[k, j] = row[m*j + k] (one interleaved pass that LLVM vectorizes with permutes), and
+    # then every transform point is a contiguous loop over the tiles: tile j reads samples
+    # m*j .. m*j + alpha - 1, i.e. e[k % m, j + k // m]. Indices are kept provably
+    # non-negative (views, loop counters): a possibly negative index makes Numba wrap it,
+    # which turns LLVM's vector loads into gathers.
+    alpha = bt.shape[0]
+    m = alpha - 2
+    nc, length = x.shape[1], x.shape[2]
+    cw = w1 - w0
+    groups = cw + 1  # m-sample groups the block's tiles read (the last one for the halo)
+    span = groups * m
+    start = w0 * m - lo  # x index of the window's first sample
+    a = min(span, max(0, -start))
+    b = max(a, min(span, length - start))
+    row = np.zeros(span, dtype=x.dtype)  # [0, a) and [b, span) stay zero: the pads
+    inside = row[a:b]
+    e = np.empty((m, groups), dtype=x.dtype)
+    for n in range(n0, n1):
+        base = (n - n0) * cw
+        for c in range(nc):
+            src = x[n, c, start + a:start + b]
+            for i in range(b - a):
+                inside[i] = src[i]
+            if m == 4:
+                # F(4, 3), B^T factored: 6 points from 8 multiply-adds; the coefficients in
+                # the data's dtype (an integer literal would promote float32 to float64)
+                four, five, two = bt[0, 0], -bt[0, 2], bt[4, 1]
+                e0, e1, e2, e3 = e[0], e[1], e[2], e[3]
+                for j in range(groups):
+                    e0[j] = row[4 * j]
+                    e1[j] = row[4 * j + 1]
+                    e2[j] = row[4 * j + 2]
+                    e3[j] = row[4 * j + 3]
+                v0 = v[0, c, base:base + cw]
+                v1 = v[1, c, base:base + cw]
+                v2 = v[2, c, base:base + cw]
+                v3 = v[3, c, base:base + cw]
+                v4 = v[4, c, base:base + cw]
+                v5 = v[5, c, base:base + cw]
+                for j in range(cw):
+                    d0 = e0[j]
+                    d1 = e1[j]
+                    d2 = e2[j]
+                    d3 = e3[j]
+                    d4 = e0[j + 1]
+                    d5 = e1[j + 1]
+                    p = d4 - four * d2
+                    q = d3 - four * d1
+                    r = d4 - d2
+                    s = two * (d1 - d3)
+                    v0[j] = four * d0 - five * d2 + d4
+                    v1[j] = p + q
+                    v2[j] = p - q
+                    v3[j] = r - s
+                    v4[j] = r + s
+                    v5[j] = four * d1 - five * d3 + d5
+            elif m == 6:
+                # F(6, 3) (TRANSFORMS_1D), B^T factored: the rows of points +p and -p share
+                # their even and odd parts (p +- q); 8 points from 22 adds and multiply-adds,
+                # every coefficient a multiple of 1/4 (exact in binary)
+                c21, c17 = bt[0, 4], -bt[1, 3]
+                cq, c54, ch, c52 = bt[3, 2], -bt[3, 4], bt[3, 1], -bt[3, 3]
+                two, four, five = bt[3, 5], bt[5, 2], -bt[5, 4]
+                e0, e1, e2, e3, e4, e5 = e[0], e[1], e[2], e[3], e[4], e[5]
+                for j in range(groups):
+                    e0[j] = row[6 * j]
+                    e1[j] = row[6 * j + 1]
+                    e2[j] = row[6 * j + 2]
+                    e3[j] = row[6 * j + 3]
+                    e4[j] = row[6 * j + 4]
+                    e5[j] = row[6 * j + 5]
+                v0 = v[0, c, base:base + cw]
+                v1 = v[1, c, base:base + cw]
+                v2 = v[2, c, base:base + cw]
+                v3 = v[3, c, base:base + cw]
+                v4 = v[4, c, base:base + cw]
+                v5 = v[5, c, base:base + cw]
+                v6 = v[6, c, base:base + cw]
+                v7 = v[7, c, base:base + cw]
+                for j in range(cw):
+                    d0 = e0[j]
+                    d1 = e1[j]
+                    d2 = e2[j]
+                    d3 = e3[j]
+                    d4 = e4[j]
+                    d5 = e5[j]
+                    d6 = e0[j + 1]
+                    d7 = e1[j + 1]
+                    p = d2 + d6 - c17 * d4
+                    q = d1 + d5 - c17 * d3
+                    r = cq * d2 - c54 * d4 + d6
+                    s = ch * d1 - c52 * d3 + two * d5
+                    f = four * d2 - five * d4 + d6
+                    h = two * d1 - c52 * d3 + ch * d5
+                    v0[j] = d0 - d6 + c21 * (d4 - d2)
+                    v1[j] = p + q
+                    v2[j] = p - q
+                    v3[j] = r + s
+                    v4[j] = r - s
+                    v5[j] = f + h
+                    v6[j] = f - h
+                    v7[j] = d7 - d1 + c21 * (d3 - d5)
+            else:
+                # any other m (F(2, 3)): generic, one accumulate pass per nonzero coefficient
+                for k in range(m):
+                    ek = e[k]
+                    for j in range(groups):
+                        ek[j] = row[m * j + k]
+                for t in range(alpha):
+                    vt = v[t, c, base:base + cw]
+                    for j in range(cw):
+                        vt[j] = 0
+                    for k in range(alpha):
+                        coef = bt[t, k]
+                        if coef != 0:
+                            ek = e[k % m, k // m:k // m + cw]
+                            for j in range(cw):
+                                vt[j] += coef * ek[j]
+
+
+def _output_transform_1d(mm, at, n0, n1, w0, w1, out):  # pragma: no cover
+    # mm: (alpha, O, tiles) GEMM result of the block (tiles numbered as in
+    # _input_transform_1d); out: (N, O, Lout). Per output row: the m output phases
+    # y[u, j] = sum_t A^T[u, t] mm[t, o, j] (contiguous loops over the tiles), then one
+    # interleaving store of the block's whole tiles into the contiguous output row; the
+    # ragged last tile of an image stores only its samples inside the output.
+    m, alpha = at.shape
+    no, lout = out.shape[1], out.shape[2]
+    cw = w1 - w0
+    full = min(cw, max(0, (lout - w0 * m) // m))  # tiles wholly inside the output
+    y = np.empty((m, cw), dtype=out.dtype)
+    for n in range(n0, n1):
+        base = (n - n0) * cw
+        for o in range(no):
+            dst = out[n, o, w0 * m:]
+            if m == 4:
+                # F(4, 3), A^T factored: 4 outputs from 10 adds and multiply-adds
+                two, four, eight = at[1, 3], at[2, 3], at[3, 3]
+                y0, y1, y2, y3 = y[0], y[1], y[2], y[3]
+                q0 = mm[0, o, base:base + cw]
+                q1 = mm[1, o, base:base + cw]
+                q2 = mm[2, o, base:base + cw]
+                q3 = mm[3, o, base:base + cw]
+                q4 = mm[4, o, base:base + cw]
+                q5 = mm[5, o, base:base + cw]
+                for j in range(cw):
+                    p = q1[j] + q2[j]
+                    q = q1[j] - q2[j]
+                    r = q3[j] + q4[j]
+                    s = q3[j] - q4[j]
+                    y0[j] = q0[j] + p + r
+                    y1[j] = q + two * s
+                    y2[j] = p + four * r
+                    y3[j] = q + eight * s + q5[j]
+                for j in range(full):
+                    dst[4 * j] = y0[j]
+                    dst[4 * j + 1] = y1[j]
+                    dst[4 * j + 2] = y2[j]
+                    dst[4 * j + 3] = y3[j]
+            elif m == 6:
+                # F(6, 3), A^T factored: 6 outputs from 20 adds and multiply-adds
+                two, four, eight = at[1, 3], at[2, 3], at[3, 3]
+                c16, c32 = at[4, 3], at[5, 3]
+                half, quarter, eighth = at[1, 5], at[2, 5], at[3, 5]
+                c1_16, c1_32 = at[4, 5], at[5, 5]
+                y0, y1, y2, y3, y4, y5 = y[0], y[1], y[2], y[3], y[4], y[5]
+                q0 = mm[0, o, base:base + cw]
+                q1 = mm[1, o, base:base + cw]
+                q2 = mm[2, o, base:base + cw]
+                q3 = mm[3, o, base:base + cw]
+                q4 = mm[4, o, base:base + cw]
+                q5 = mm[5, o, base:base + cw]
+                q6 = mm[6, o, base:base + cw]
+                q7 = mm[7, o, base:base + cw]
+                for j in range(cw):
+                    p = q1[j] + q2[j]
+                    q = q1[j] - q2[j]
+                    r = q3[j] + q4[j]
+                    s = q3[j] - q4[j]
+                    a = q5[j] + q6[j]
+                    b = q5[j] - q6[j]
+                    y0[j] = q0[j] + p + r + a
+                    y1[j] = q + two * s + half * b
+                    y2[j] = p + four * r + quarter * a
+                    y3[j] = q + eight * s + eighth * b
+                    y4[j] = p + c16 * r + c1_16 * a
+                    y5[j] = q + c32 * s + c1_32 * b + q7[j]
+                for j in range(full):
+                    dst[6 * j] = y0[j]
+                    dst[6 * j + 1] = y1[j]
+                    dst[6 * j + 2] = y2[j]
+                    dst[6 * j + 3] = y3[j]
+                    dst[6 * j + 4] = y4[j]
+                    dst[6 * j + 5] = y5[j]
+            else:
+                for u in range(m):
+                    yu = y[u]
+                    for j in range(cw):
+                        yu[j] = 0
+                    for k in range(alpha):
+                        coef = at[u, k]
+                        if coef != 0:
+                            qk = mm[k, o, base:base + cw]
+                            for j in range(cw):
+                                yu[j] += coef * qk[j]
+                for u in range(m):
+                    yu = y[u]
+                    for j in range(full):
+                        dst[m * j + u] = yu[j]
+            for j in range(full, cw):
+                for u in range(min(m, lout - (w0 + j) * m)):
+                    dst[m * j + u] = y[u, j]
+
+
+# F(6, 3) for the 1-D path only: Toom-Cook points 0, +1, -1, +2, -2, +1/2, -1/2 and
+# infinity (Lavin & Gray's construction, section 4; the points of the widely used F(6, 3),
+# e.g. Lavin's wincnn generator), the sign of point 0 moved from G into B^T. Checked in
+# rational arithmetic by tests/test_winograd_1d.py. Its float32 error is about 1.4x F(4, 3)'s
+# in 1-D (_measure_errors_1d).
+TRANSFORMS_1D: dict[int, tuple[tuple[tuple[Fraction | int, ...], ...], ...]] = {
+    6: (
+        ((1, 1, 1, 1, 1, 1, 1, 0),
+         (0, 1, -1, 2, -2, _F(1, 2), _F(-1, 2), 0),
+         (0, 1, 1, 4, 4, _F(1, 4), _F(1, 4), 0),
+         (0, 1, -1, 8, -8, _F(1, 8), _F(-1, 8), 0),
+         (0, 1, 1, 16, 16, _F(1, 16), _F(1, 16), 0),
+         (0, 1, -1, 32, -32, _F(1, 32), _F(-1, 32), 1)),
+        ((1, 0, 0),
+         (_F(-2, 9), _F(-2, 9), _F(-2, 9)),
+         (_F(-2, 9), _F(2, 9), _F(-2, 9)),
+         (_F(1, 90), _F(1, 45), _F(2, 45)),
+         (_F(1, 90), _F(-1, 45), _F(2, 45)),
+         (_F(32, 45), _F(16, 45), _F(8, 45)),
+         (_F(32, 45), _F(-16, 45), _F(8, 45)),
+         (0, 0, 1)),
+        ((1, 0, _F(-21, 4), 0, _F(21, 4), 0, -1, 0),
+         (0, 1, 1, _F(-17, 4), _F(-17, 4), 1, 1, 0),
+         (0, -1, 1, _F(17, 4), _F(-17, 4), -1, 1, 0),
+         (0, _F(1, 2), _F(1, 4), _F(-5, 2), _F(-5, 4), 2, 1, 0),
+         (0, _F(-1, 2), _F(1, 4), _F(5, 2), _F(-5, 4), -2, 1, 0),
+         (0, 2, 4, _F(-5, 2), -5, _F(1, 2), 1, 0),
+         (0, -2, 4, _F(5, 2), -5, _F(-1, 2), 1, 0),
+         (0, -1, 0, _F(21, 4), 0, _F(-21, 4), 0, 1)),
+    ),
+}
+#: Output tile sizes the 1-D path runs.
+TILE_SIZES_1D = (*TILE_SIZES, *sorted(TRANSFORMS_1D))
+
+# Measured float32 max-rel error of the 1-D F(6, 3) at C <= 64 (_measure_errors_1d: 1.0e-6
+# to 1.6e-6), rounded up to about 2.5x; it grows like sqrt(C / 64) as error_bound_for's.
+_FLOAT32_BOUND_1D_F6 = 4e-6
+
+
+def error_bound_1d(m: int, in_channels: int, dtype: object) -> float:
+    """Expected max error of the 1-D F(m, 3) relative to the output scale (see error_bound_for)."""
+    if m != 6:
+        return error_bound_for(m, 1, in_channels, dtype)
+    bound = _FLOAT32_BOUND_1D_F6 * math.sqrt(max(in_channels, 64) / 64)
+    if np.dtype(dtype) == np.float64:
+        bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
+    return bound
+
+
+_TRANSFORMS_1D_CACHE: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _transforms_1d(m: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T, B^T, G)`` of the 1-D F(m, 3) in ``dtype`` (G rounded once from the exact values)."""
+    key = (m, np.dtype(dtype).name)
+    found = _TRANSFORMS_1D_CACHE.get(key)
+    if found is None:
+        table = TRANSFORMS_1D[m] if m in TRANSFORMS_1D else TRANSFORMS[m]
+        at, g, bt = ([[float(v) for v in row] for row in matrix] for matrix in table)
+        found = _TRANSFORMS_1D_CACHE[key] = (np.array(at, dtype=dtype), np.array(bt, dtype=dtype),
+                                             np.array(g, dtype=dtype))
+    return found
+
+
+def blocks_1d(images: int, tiles: int, target: int,
+              workers: int = 1) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(n0, n1, w0, w1)`` of at most ``target`` tiles over ``images`` rows of ``tiles``.
+
+    Whole images when several fit in a block, else each image cut into equal
+    pieces (no runt block at the end of a row), as many as makes the block
+    count a multiple of ``workers`` (a batch-1 row in 3 blocks kept one of two
+    threads idle for a third of the call). A plain loop: ``tile_blocks`` costs
+    about 20 us, 5% of a batch-1 call.
+
+    Examples
+    --------
+    >>> blocks_1d(2, 10, 4)
+    [(0, 1, 0, 3), (0, 1, 3, 6), (0, 1, 6, 10), (1, 2, 0, 3), (1, 2, 3, 6), (1, 2, 6, 10)]
+    >>> blocks_1d(1, 10, 4, workers=2)
+    [(0, 1, 0, 2), (0, 1, 2, 5), (0, 1, 5, 7), (0, 1, 7, 10)]
+    >>> blocks_1d(5, 3, 7)
+    [(0, 2, 0, 3), (2, 4, 0, 3), (4, 5, 0, 3)]
+    """
+    if images <= 0 or tiles <= 0:
+        return []
+    if tiles <= target:
+        step = target // tiles
+        return [(n0, min(n0 + step, images), 0, tiles) for n0 in range(0, images, step)]
+    pieces = -(-tiles // target)
+    while (images * pieces) % max(1, workers) and pieces < tiles:
+        pieces += 1
+    cuts = [tiles * k // pieces for k in range(pieces + 1)]
+    return [(n, n + 1, cuts[k], cuts[k + 1]) for n in range(images) for k in range(pieces)]
+
+
+def _measure_errors_1d() -> None:  # pragma: no cover - regenerates the 1-D error figures
+    """Print the 1-D path's float32/float64 error per tile size and channel count.
+
+    Run ``python -c "from trueconv.algorithms.winograd import _measure_errors_1d as f; f()"``.
+    N(0, 1) data, batch 2, 8 output channels, 1024 samples, padding 1;
+    ``max|y - ref| / max|ref|`` against a float64 direct sum. Measured on this
+    machine (seed 0)::
+
+        C      F(2,3) f32  F(4,3) f32  F(6,3) f32  F(6,3) f64
+        4      1.3e-07     6.5e-07     7.8e-07     1.7e-15
+        64     2.2e-07     7.4e-07     1.0e-06     3.1e-15
+        256    4.8e-07     1.4e-06     2.1e-06     7.2e-15
+        1024   3.5e-07     1.4e-06     1.5e-06     3.8e-15
+
+    F(6, 3) is about 1.4x F(4, 3) (its points +-1/2 and +-2), far inside the 1e-4
+    float32 tolerance; another seed gave 1.6e-6 at C = 64, hence the 4e-6 envelope
+    (``error_bound_1d``).
+    """
+    rng = np.random.default_rng(0)
+    algo = Winograd()
+    print("C      " + "  ".join(f"F({m},3) f32" for m in TILE_SIZES_1D) + "  F(6,3) f64")
+    for c in (4, 64, 256, 1024):
+        x = rng.standard_normal((2, c, 1024))
+        w = rng.standard_normal((8, c, 3))
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, [(0, 0), (0, 0), (1, 1)]),
+                                                           3, axis=2)
+        ref = np.einsum("nclk,ock->nol", windows, w)
+        row = []
+        for m, dtype in [(m, "float32") for m in TILE_SIZES_1D] + [(6, "float64")]:
+            spec = ConvSpec(2, c, 8, 1, (1024,), (3,), (1,), (1,), ((1, 1),), dtype)
+            y = algo.run(x.astype(dtype), w.astype(dtype), spec, tile=m)
+            row.append(f"{float(np.abs(y - ref).max() / np.abs(ref).max()):.1e}")
+        print(f"{c:<6d} " + "     ".join(row), flush=True)
+
+
+#: The 1-D path's tile blocks hold about this much of V and M (256 F(6, 3) tiles at C = O =
+#: 64 in float32; this machine's L2 is 1 MiB per core). Swept over 0.4-2 MiB on 64->64
+#: channels, L = 4096, batch 1 and 8, one and two threads: 1 MiB was fastest or tied
+#: everywhere (0.5 MiB: 5-15% slower: more calls and thread hand-offs per layer; 2 MiB:
+#: 5-10% slower: the block falls out of L2 between the three steps).
+BLOCK_BYTES_1D = 1024 * 1024
+#: ... but a block keeps at least this many tiles (the GEMMs' N axis) when channels are many.
+MIN_BLOCK_TILES_1D = 64
+#: The 1-D path uses one more thread per this many transform-domain multiply-adds (about
+#: 0.6 ms of one core). Batch 1 of 64->64 channels, L = 4096 (22M, 0.43 ms on one core) ran
+#: 0.61 ms through trueconv.conv1d on one thread and 0.77-0.94 on two (three rounds each,
+#: loaded VM: the pool thread took a block and then started or ran late); batch 8 (179M)
+#: ran 3.5-4.1 on two, 5.3-5.4 on one.
+MIN_SPLIT_MACS_1D = 48 * 2**20
+
+_COMPILED_1D: dict[str, Any] = {}
+
+
+def _kernels_1d() -> tuple[Any, Any]:
+    """Compile (or load from Numba's on-disk cache) the two 1-D transform kernels."""
+    if not _COMPILED_1D:
+        import numba as nb
+
+        # as in _kernels: serial, GIL-free kernels; fused multiply-adds, no reassociation
+        options = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
+                       boundscheck=False)
+        _COMPILED_1D["output"] = nb.njit(**options)(_output_transform_1d)
+        _COMPILED_1D["input"] = nb.njit(**options)(_input_transform_1d)
+    return _COMPILED_1D["input"], _COMPILED_1D["output"]
+
 
 _COMPILED: dict[str, Any] = {}
 prange = range
@@ -719,6 +1190,57 @@ def _run_split(copy: Any, n: int) -> None:
     run_parallel([lambda a=a, b=b: copy(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
+def _weight_taps(weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """The kernel taps as a ``(G, C, K, O)`` view (of the weight, when contiguous in the dtype)."""
+    g, o, c = spec.groups, spec.out_channels_per_group, spec.in_channels_per_group
+    taps = np.ascontiguousarray(weight, dtype=spec.dtype).reshape(g, o, c, spec.kernel_size)
+    return taps.transpose(0, 2, 3, 1)
+
+
+def point_ranges(m: int, nd: int, parts: int) -> list[tuple[int, int, int]]:
+    """Split the transform points of an ``nd``-D F(m, 3) into ``parts`` ranges.
+
+    The ranges cut the outermost transformed axis (D in 3-D, H in 2-D; a 1-D problem is
+    one range over its untransformed H axis) into index ranges ``[p0, p1)``, each index
+    holding ``per`` points: a range's points are ``[p0 * per, p1 * per)`` in the C-order
+    numbering of the kernels, which take ``p0, p1`` to compute only those.
+
+    Examples
+    --------
+    >>> point_ranges(4, 2, 2)
+    [(0, 3, 6), (3, 6, 6)]
+    >>> point_ranges(2, 3, 3), point_ranges(4, 1, 2)
+    ([(0, 1, 16), (1, 2, 16), (2, 4, 16)], [(0, 1, 6)])
+    """
+    alpha = m + 2
+    size = alpha if nd >= 2 else 1
+    parts = max(1, min(parts, size))
+    per = alpha**nd // size
+    cuts = [size * k // parts for k in range(parts + 1)]
+    return [(a, b, per) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _point_products(v: np.ndarray, u: np.ndarray, mm: np.ndarray) -> None:
+    """``mm[t] = v[t] @ u[t]`` per transform point and group: the sum over input channels.
+
+    ``v`` (T, tiles, G*C), ``u`` (T, G, C, O), ``mm`` (T, tiles, G*O), for all or a
+    range of the points.
+    """
+    t, tiles = v.shape[0], v.shape[1]
+    _, g, c, o = u.shape
+    vg = v.reshape(t, tiles, g, c)
+    if c == 1:
+        # one input channel per group (depthwise): a broadcast product, no GEMM calls
+        np.multiply(vg, u.reshape(t, 1, g, o), out=mm.reshape(t, tiles, g, o))
+    elif g == 1:
+        # (T, tiles, O) = (T, tiles, C) @ (T, C, O)
+        np.matmul(v, u.reshape(t, c, o), out=mm)
+    else:
+        # (T, G, tiles, O) = (T, G, tiles, C) @ (T, G, C, O), strided views
+        np.matmul(vg.transpose(0, 2, 1, 3), u,
+                  out=mm.reshape(t, tiles, g, o).transpose(0, 2, 1, 3))
+
+
 class Winograd:
     """Winograd F(2, 3) / F(4, 3) for 3-tap kernels in 1, 2 or 3 dimensions.
 
@@ -815,7 +1337,10 @@ class Winograd:
         F(4, 3)'s float32 :meth:`error_bound` exceeds the 1e-4 tolerance (never
         happens below 3-D with huge channel counts), or when the output is so
         small that 4-wide tiles compute no fewer transform-domain products than
-        2-wide ones, ``prod(ceil(out/m) * (m + 2))`` (e.g. outputs of 1 or 2).
+        2-wide ones: ``alpha**d * (batch * tiles + 20)``, the products plus the
+        weight transform redone per call (so batch-1 layers on small images, 256 @14
+        and 512 @7, take F(2, 3)). 1-D problems choose among F(2), F(4) and F(6, 3)
+        (:meth:`_tile_size_1d`).
         """
         nd, c = spec.spatial_ndim, spec.in_channels_per_group
         if is_weight_gradient_form(spec):
@@ -826,10 +1351,15 @@ class Winograd:
             cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.kernel_shape, m))
                     for m in TILE_SIZES}
             return 4 if cost[4] < cost[2] else 2
+        if nd == 1:  # the 1-D path also runs F(6, 3) (_run_1d, TRANSFORMS_1D)
+            return self._tile_size_1d(spec)
         if error_bound_for(4, nd, c, "float32") > FLOAT32_TOLERANCE:
             return 2
         spec = phase_spec(spec)
-        cost = {m: math.prod(t * (m + 2) for t in tile_grid(spec.output_shape, m))
+        # transform-domain products, plus the per-call weight transform (alpha**d entries
+        # per channel pair, memory-bound: about 20 tiles' worth of products). Measured at one
+        # thread: 256->256 @14 b1 F(2) 1.54 ms vs F(4) 2.38; 512->512 @7 b1 7.0 vs 12.8.
+        cost = {m: (m + 2) ** nd * (spec.batch * math.prod(tile_grid(spec.output_shape, m)) + 20)
                 for m in TILE_SIZES}
         return 4 if cost[4] < cost[2] else 2
 
@@ -849,6 +1379,8 @@ class Winograd:
         if is_weight_gradient_form(spec):
             reduction = spec.in_channels_per_group * math.prod(tile_grid(spec.kernel_shape, m))
             return weight_gradient_error_bound(m, reduction, spec.dtype)
+        if spec.spatial_ndim == 1:
+            return error_bound_1d(m, spec.in_channels_per_group, spec.dtype)
         return error_bound_for(m, spec.spatial_ndim, spec.in_channels_per_group, spec.dtype)
 
     # -- memory ---------------------------------------------------------------
@@ -874,7 +1406,33 @@ class Winograd:
         # and pays a thread handoff)
         split = max(MIN_SPLIT_TILES, -(-total // threads))
         target = min(self._block_target(spec, m + 2), split)
+        # as many blocks, of even sizes: 196 tiles in blocks of 128 made a 126- and a 70-tile
+        # block (9 and 5 rows), and the two threads waited on the larger; 98 makes 7 + 7 rows
+        target = max(1, -(-total // -(-total // target)))
         return target, max(1, min(threads, -(-total // target)))
+
+    def _point_plan(self, spec: ConvSpec, m: int) -> tuple[int, int]:
+        """Return ``(point ranges, target tiles per block)``; 1 range: split by tile blocks.
+
+        Where the tile blocks would leave threads idle (:meth:`_block_plan`: too few
+        tiles, e.g. 49 in a batch-1 layer of 128 channels @28, 16 of 256 @14, 128 of
+        256 @14 at batch 8) the threads split the transform points instead
+        (:meth:`_run_points`): the ``alpha`` indices of the outermost transformed axis
+        (H in 2-D, D in 3-D; 1-D problems keep the block split). A worker's block holds
+        ``1/parts`` of the points per tile, so its blocks are that much larger.
+
+        Measured on the shared 2-core VM (lightly loaded, float32, batch 1, ms per call,
+        median of 12-15 alternating blocks, two threads / one): 128->128 @28 0.96-1.14 /
+        0.95-1.36 over points; 256->256 @14 2.1-2.2 / 2.4-3.2 (its 2.4M-entry ``U`` is
+        split too); 64->64 @56 0.91-0.99 / 0.99-1.25 in two 98-tile blocks, 0.98-1.12
+        over points (a point range repeats its images' channels-last copy and the output
+        transform's last stages, so where tile blocks keep the threads busy they win).
+        """
+        threads = max(1, get_num_threads())
+        if threads == 1 or spec.spatial_ndim < 2 or self._block_plan(spec, m)[1] >= threads:
+            return 1, 0
+        parts = min(threads, m + 2)
+        return parts, self._block_target(spec, m + 2) * parts
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
         """Bytes allocated besides ``x``, ``weight`` and the output.
@@ -889,17 +1447,30 @@ class Winograd:
         """
         if is_weight_gradient_form(spec):
             return self._weight_form_workspace(spec)
-        if is_dilated(spec):
+        if is_dilated(spec) and spec.spatial_ndim == 1:  # split into phase copies (run)
             phases = phase_spec(spec)
             staged = (phases.batch * phases.in_channels * math.prod(phases.input_shape) +
                       math.prod(phases.full_output_shape)) * spec.itemsize
             return staged + self.workspace_bytes(phases)
+        # a dilated problem is tiled as its phases, read and written in place by the kernels
+        output_size = math.prod(spec.full_output_shape)
+        spec = phase_spec(spec)
         m, alpha, grid = self._geometry(spec)
         t = alpha**spec.spatial_ndim
-        target, workers = self._block_plan(spec, m)
         c, o, g = spec.in_channels_per_group, spec.out_channels_per_group, spec.groups
-        weights = (t + spec.kernel_size) * g * c * o
-        v_and_m = t * (spec.in_channels + spec.out_channels) * target
+        parts, target = self._point_plan(spec, m)
+        shares = 0
+        if parts > 1:  # per worker its range's points (the largest range), and its share
+            workers = parts
+            p0, p1, per = point_ranges(m, spec.spatial_ndim, parts)[-1]
+            points = (p1 - p0) * per
+            weights = (points * parts + spec.kernel_size) * g * c * o
+            shares = (parts - 1) * output_size
+        else:
+            target, workers = self._block_plan(spec, m)
+            points = t
+            weights = (t + spec.kernel_size) * g * c * o
+        v_and_m = points * (spec.in_channels + spec.out_channels) * target
         # the kernels' scratch, per axis (1-D/2-D run as 3-D with 1-wide untiled axes)
         ext = block_extent((spec.batch, *_as_3d(grid, 1)), target)[1:]
         steps = _as_3d((m,) * spec.spatial_ndim, 1)
@@ -909,7 +1480,7 @@ class Winograd:
         md, mh, mw = steps
         band = (bd * bh * bw + (ad * bh * bw if ad > 1 else 0) + ah * bw) * spec.in_channels
         rows = (ad * ah + ad * mh + mh) * ext[2] * mw * spec.out_channels
-        return (weights + workers * (v_and_m + band + rows)) * spec.itemsize
+        return (weights + shares + workers * (v_and_m + band + rows)) * spec.itemsize
 
     # -- compute --------------------------------------------------------------
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
@@ -919,36 +1490,47 @@ class Winograd:
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
             if is_weight_gradient_form(spec):
-                return self._run_weight_form(x, weight, spec, tile, input_kernel)
-            if not is_dilated(spec):
+                # the forward input transform over all points (explicit ints: Numba's
+                # specialization for omitted arguments ran 1.5x slower)
+                return self._run_weight_form(x, weight, spec, tile,
+                                             lambda *args: input_kernel(*args, 0, -1, 1, 1, 1))
+            if not is_dilated(spec) or spec.spatial_ndim > 1:
                 return self._run(x, weight, spec, tile, input_kernel, output_kernel)
-            phases = phase_spec(spec)
+            phases = phase_spec(spec)  # 1-D: _run_1d runs on phase copies
             out = self._run(split_phases(x, spec, phases), weight, phases, tile,
                             input_kernel, output_kernel)
             return merge_phases(out, spec, phases)
 
     def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None,
              input_kernel: Any, output_kernel: Any) -> np.ndarray:
+        if spec.spatial_ndim == 1:  # channels-first kernels of its own (_run_1d)
+            return self._run_1d(x, weight, spec, tile)
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
-        m, alpha, grid = self._geometry(spec, tile)
-        n, g = spec.batch, spec.groups
+        # A dilated problem is tiled as its phases (phase_spec: prod(dilation) undilated
+        # images per image), which the kernels read from x and write to the output in place.
+        phases = phase_spec(spec)
+        m, alpha, grid = self._geometry(phases, tile)
+        g = spec.groups
         c, o = spec.in_channels_per_group, spec.out_channels_per_group
         t = alpha**nd
 
         # The kernels read the unpadded input; pads (and whole-tile rounding) are implicit zeros.
         x5 = np.ascontiguousarray(x, dtype=dtype)
-        x5 = x5.reshape(n, spec.in_channels, *_as_3d(spec.input_shape, 1))
+        x5 = x5.reshape(spec.batch, spec.in_channels, *_as_3d(spec.input_shape, 1))
         lows = _as_3d(tuple(lo for lo, _ in spec.pad_widths), 0)
+        dilation = _as_3d(spec.dilation, 1)
 
         # Per-axis transforms (leading untiled axes of 1-D/2-D problems get 1x1 identities)
         # and kron(Gd, Gh, Gw), built once per (m, nd, dtype).
         (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
         steps = _as_3d((m,) * nd, 1)
 
-        out = np.empty((n, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
-        full_grid = (n, *_as_3d(grid, 1))
-        target, workers = self._block_plan(spec, m)
+        if self._point_plan(phases, m)[0] > 1:
+            return self._run_points(x5, weight, spec, m, lows, input_kernel, output_kernel)
+        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
+        full_grid = (phases.batch, *_as_3d(grid, 1))
+        target, workers = self._block_plan(phases, m)
         blocks = tile_blocks(full_grid, target)
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
         workers = min(workers, len(blocks))
@@ -959,15 +1541,20 @@ class Winograd:
         # BLAS operand, no transposing copy) and the result written straight into U. kron is
         # formed in float64 and rounded once; the products run in the compute dtype (each U
         # entry is a sum of at most 27 terms, an error far below the transforms' own). Large
-        # weights split the input channels over the threads.
-        taps = np.ascontiguousarray(weight, dtype=dtype).reshape(g, o, c, spec.kernel_size)
-        taps = taps.transpose(0, 2, 3, 1)  # (G, C, K, O) view
+        # weights split the input channels over the threads. (A compiled separable G g G^T
+        # kernel ran as fast on one thread, and slower per point range: it gathers every tap.)
+        taps = _weight_taps(weight, spec)
         u = scratch("winograd.u", t * g * c * o, dtype).reshape(t, g, c, o)
         u_gcto = u.transpose(1, 2, 0, 3)
         parts = min(max(1, get_num_threads()), c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
         cuts = [c * k // parts for k in range(parts + 1)]
-        run_parallel([lambda a=a, b=b: np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
-                       for a, b in zip(cuts[:-1], cuts[1:])])
+        weight_queue = LockedIterator(list(zip(cuts[:-1], cuts[1:])))
+
+        def weights() -> None:
+            for a, b in weight_queue:
+                np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
+
+        drain(weights, parts)
 
         queue = LockedIterator(blocks)
 
@@ -980,23 +1567,160 @@ class Winograd:
                 n0, n1, d0, d1, h0, h1, w0, w1 = block
                 tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
                 v = v_buffer[: t * tiles * g * c].reshape(t, tiles, g * c)
-                input_kernel(x5, *lows, btd, bth, btw, *steps, *block, v)
-                mm = m_buffer[: t * tiles * g * o].reshape(t, tiles, g, o)
-                vg = v.reshape(t, tiles, g, c)
-                if c == 1:
-                    # one input channel per group (depthwise): a broadcast product, no GEMM calls
-                    np.multiply(vg, u.reshape(t, 1, g, o), out=mm)
-                elif g == 1:
-                    # (T, tiles, O) = (T, tiles, C) @ (T, C, O)
-                    np.matmul(v, u.reshape(t, c, o), out=mm.reshape(t, tiles, o))
-                else:
-                    # (T, G, tiles, O) = (T, G, tiles, C) @ (T, G, C, O), strided views
-                    np.matmul(vg.transpose(0, 2, 1, 3), u, out=mm.transpose(0, 2, 1, 3))
-                output_kernel(mm.reshape(t, tiles, g * o), atd, ath, atw, *block, out)
+                input_kernel(x5, *lows, btd, bth, btw, *steps, *block, v, 0, -1, *dilation)
+                mm = m_buffer[: t * tiles * g * o].reshape(t, tiles, g * o)
+                _point_products(v, u, mm)
+                output_kernel(mm, atd, ath, atw, *block, out, 0, -1, *dilation)
 
-        run_parallel([worker] * workers)
+        drain(worker, workers)
         return out.reshape(spec.full_output_shape)
 
+    def _run_points(self, x5: np.ndarray, weight: np.ndarray, spec: ConvSpec, m: int,
+                    lows: tuple[int, ...], input_kernel: Any, output_kernel: Any) -> np.ndarray:
+        """``_run`` for few tiles on several threads: the threads split the transform points.
+
+        Worker ``k`` takes the points whose index on the outermost transformed axis lies
+        in its range (:meth:`_point_plan`) and runs, for all tiles, its part of every
+        stage: its rows of ``U``, the input transform into its points, its GEMMs (full
+        ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the output
+        transform, a partial sum of the output. One fork/join per call; the calling
+        thread adds the shares at the end (one pass over the output). Tile-block
+        splitting gave each block a skinnier GEMM and a full ``U`` to read, and a batch-1
+        layer ran slower on two threads than on one.
+        """
+        dtype = np.dtype(spec.dtype)
+        nd = spec.spatial_ndim
+        phases = phase_spec(spec)  # the tiled problem (see _run)
+        dilation = _as_3d(spec.dilation, 1)
+        g = spec.groups
+        c, o = spec.in_channels_per_group, spec.out_channels_per_group
+        (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
+        steps = _as_3d((m,) * nd, 1)
+        taps = _weight_taps(weight, spec)
+        parts, target = self._point_plan(phases, m)
+        blocks = tile_blocks((phases.batch, *_as_3d(tile_grid(phases.output_shape, m), 1)), target)
+        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
+        ranges = point_ranges(m, nd, parts)
+        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
+        # the shares of workers 1.. live in the calling thread's scratch (a pool thread could
+        # serve another call once its task is done, before these are read)
+        shares = [out] + [scratch(f"winograd.share{k}", out.size, dtype).reshape(out.shape)
+                          for k in range(1, len(ranges))]
+
+        # range k always writes shares[k]; the threads pull ranges (see _pool.drain)
+        queue = LockedIterator([(k, *r) for k, r in enumerate(ranges)])
+
+        def worker() -> None:
+            for k, p0, p1, per in queue:
+                tk = (p1 - p0) * per
+                u = scratch("winograd.u", tk * g * c * o, dtype).reshape(tk, g, c, o)
+                # this range's rows of U (see _run)
+                np.matmul(kron[p0 * per:p1 * per], taps, out=u.transpose(1, 2, 0, 3))
+                v_buffer = scratch("winograd.v", tk * g * c * block_tiles, dtype)
+                m_buffer = scratch("winograd.m", tk * g * o * block_tiles, dtype)
+                for block in blocks:
+                    n0, n1, d0, d1, h0, h1, w0, w1 = block
+                    tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
+                    v = v_buffer[: tk * tiles * g * c].reshape(tk, tiles, g * c)
+                    input_kernel(x5, *lows, btd, bth, btw, *steps, *block, v, p0, p1, *dilation)
+                    mm = m_buffer[: tk * tiles * g * o].reshape(tk, tiles, g * o)
+                    _point_products(v, u, mm)
+                    output_kernel(mm, atd, ath, atw, *block, shares[k], p0, p1, *dilation)
+
+        drain(worker, len(ranges))
+        for share in shares[1:]:
+            np.add(out, share, out=out)
+        return out.reshape(spec.full_output_shape)
+
+
+    # -- the 1-D path ---------------------------------------------------------------
+    def _block_plan_1d(self, spec: ConvSpec, m: int) -> tuple[int, int]:
+        """Return ``(target tiles per block, worker threads)`` for a 1-D run of ``spec``."""
+        per_tile = (m + 2) * (spec.in_channels + spec.out_channels) * spec.itemsize
+        tiles = max(BLOCK_BYTES_1D // per_tile, MIN_BLOCK_TILES_1D)
+        # never more V and M than workspace_bytes counts per worker (_block_plan's blocks
+        # of tile_size's tiles, which also respect the memory limit)
+        counted = self.tile_size(spec)
+        room = (counted + 2) * self._block_plan(spec, counted)[0] // (m + 2)
+        target = max(1, min(tiles, room))
+        total = spec.batch * tile_grid(spec.output_shape, m)[0]
+        # a second thread only for at least MIN_SPLIT_MACS_1D multiply-adds per extra thread
+        macs = total * (m + 2) * spec.groups * spec.in_channels_per_group * (
+            spec.out_channels_per_group)
+        return target, max(1, min(get_num_threads(), macs // MIN_SPLIT_MACS_1D))
+
+    def _tile_size_1d(self, spec: ConvSpec) -> int:
+        """Output tile ``m`` of a 1-D run: 6, 4 or 2 (of the phase problem when dilated).
+
+        The tile with the fewest transform-domain products, ``ceil(out/m) * (m + 2)``
+        (ties to the smaller, more accurate tile), among those whose float32
+        :func:`error_bound_1d` stays within the 1e-4 tolerance. F(6, 3) computes 11%
+        fewer products than F(4, 3) and ran 8-15% faster on 64->64 channels, L = 4096
+        (float32 and float64, one and two threads); its error is about 1.4x F(4, 3)'s.
+        """
+        c = spec.in_channels_per_group
+        (out,) = phase_spec(spec).output_shape
+        sizes = [m for m in TILE_SIZES_1D
+                 if error_bound_1d(m, c, "float32") <= FLOAT32_TOLERANCE] or [2]
+        return min(sizes, key=lambda m: (-(-out // m) * (m + 2), m))
+
+    def _run_1d(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
+                tile: int | None) -> np.ndarray:
+        """The 1-D problem channels-first: ``M[t] (O x tiles) = U[t] (O x C) @ V[t] (C x tiles)``.
+
+        The input transform reads contiguous channel rows of ``x`` (N, C, L) and
+        writes ``V`` as (T, C, tiles); the GEMM per (point, group) needs no
+        transposed operand; the output transform writes contiguous rows of the
+        output (N, O, Lout). Blocks of about ``BLOCK_BYTES_1D`` of ``V`` and
+        ``M`` (256 F(6, 3) tiles at C = O = 64 in float32) keep a block in its
+        core's L2 between the three steps; the workers pull blocks from a shared
+        queue, one BLAS thread each.
+        """
+        input_kernel, output_kernel = _kernels_1d()
+        dtype = np.dtype(spec.dtype)
+        m = self._tile_size_1d(spec) if tile is None else tile
+        t = m + 2
+        n, g = spec.batch, spec.groups
+        c, o = spec.in_channels_per_group, spec.out_channels_per_group
+        (lo, _), = spec.pad_widths
+        x3 = np.ascontiguousarray(x, dtype=dtype).reshape(n, g * c, spec.input_shape[0])
+        at, bt, gmat = _transforms_1d(m, dtype)
+        out = np.empty(spec.full_output_shape, dtype=dtype)
+        target, workers = self._block_plan_1d(spec, m)
+        blocks = blocks_1d(n, tile_grid(spec.output_shape, m)[0], target, workers)
+        if not blocks:
+            return out
+        block_tiles = max((b[1] - b[0]) * (b[3] - b[2]) for b in blocks)
+        workers = min(workers, len(blocks))
+
+        # U[t] = G g: one (T, 3) @ (3, G*O*C) product, the taps read in place (transposed
+        # BLAS operand), laid out (T, G, O, C) for the GEMMs
+        taps = np.ascontiguousarray(weight, dtype=dtype).reshape(g * o * c, 3)
+        u = scratch("winograd.1d.u", t * g * o * c, dtype).reshape(t, g * o * c)
+        np.matmul(gmat, taps.T, out=u)
+        u = u.reshape(t, g, o, c)
+        queue = LockedIterator(blocks)
+
+        def worker() -> None:
+            v_buffer = scratch("winograd.1d.v", t * g * c * block_tiles, dtype)
+            m_buffer = scratch("winograd.1d.m", t * g * o * block_tiles, dtype)
+            for n0, n1, w0, w1 in queue:
+                tiles = (n1 - n0) * (w1 - w0)
+                v = v_buffer[: t * g * c * tiles].reshape(t, g * c, tiles)
+                mm = m_buffer[: t * g * o * tiles].reshape(t, g * o, tiles)
+                input_kernel(x3, lo, bt, n0, n1, w0, w1, v)
+                if c == 1:  # depthwise: a broadcast product, no GEMM calls
+                    np.multiply(u, v.reshape(t, g, 1, tiles), out=mm.reshape(t, g, o, tiles))
+                else:  # (T, G, O, tiles) = (T, G, O, C) @ (T, G, C, tiles)
+                    np.matmul(u, v.reshape(t, g, c, tiles), out=mm.reshape(t, g, o, tiles))
+                output_kernel(mm, at, n0, n1, w0, w1, out)
+
+        # drain, not run_parallel: a pool thread that starts late (milliseconds on this
+        # loaded VM, often after another algorithm ran) is cancelled once this thread has
+        # emptied the queue instead of waited for (batch 1: 0.77 -> 0.62 ms)
+
+        drain(worker, workers)
+        return out
 
     # -- the weight-gradient form ----------------------------------------------
     # Names as in the forward pass of the layer whose weight gradient this is: the form's
