@@ -224,9 +224,12 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
     if name == "direct":
         if _direct_is_compiled(spec):
             # compiled stencil: multiply-adds at vector speed, no gathers, no BLAS calls
-            return [0.0, 0.0, 0.0, macs, 1.0]
-        # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view
-        return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0, 1.0]
+            return [0.0, 0.0, 0.0, macs, 0.0, 1.0]
+        # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view,
+        # each added into the output: with few channels (C = 16: 3-D layers) that pass over
+        # the output per tap, not the products, sets the time
+        return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0,
+                float(n * g * o * p * k * itemsize), 1.0]
     if name == "im2col":
         flat = _im2col_flat_shift_work(spec)
         if flat is not None:
@@ -260,14 +263,17 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
             # costs about 0.4 of a forward weight-transform entry, measured on 256->256 @14)
             # and G^T M G at the end
             passes = ALGORITHMS["winograd"].weight_form_m_passes(spec)
-            return [float(g * c * (n + o) * tiles * per_tile),
+            return [float(g * c * (n + o) * tiles * per_tile), 0.0,
                     float(g * o * n * c * tiles * per_tile),
                     float(g * o * n * per_tile) * (1 + 0.4 * passes), 1.0]
-        # input and output transforms per tile; the (O, C) products per transform point; the
-        # weight transform G g G^T, redone every call, which dominates for many channels
-        # on small images (512->512 @7)
-        return [float(n * g * (c + o) * tiles * per_tile), float(n * g * o * c * tiles * per_tile),
-                float(g * o * c * per_tile), 1.0]
+        # input and output transforms per tile (1-D runs its own channels-first kernels, a
+        # few contiguous adds per value: its own coefficient); the (O, C) products per
+        # transform point; the weight transform G g G^T, redone every call, which dominates
+        # for many channels on small images (512->512 @7)
+        transforms = float(n * g * (c + o) * tiles * per_tile)
+        one_d = spec.spatial_ndim == 1
+        return [0.0 if one_d else transforms, transforms if one_d else 0.0,
+                float(n * g * o * c * tiles * per_tile), float(g * o * c * per_tile), 1.0]
     return [macs, 1.0]
 
 

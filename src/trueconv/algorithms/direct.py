@@ -33,7 +33,7 @@ import numpy as np
 from .._spec import ConvSpec
 from .._threads import get_num_threads
 from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_view, zero_pad
-from ._pool import scratch
+from ._pool import run_parallel, scratch, single_threaded_blas
 
 __all__ = ["Direct", "uses_compiled_kernel", "COMPILED_DTYPES", "COMPILED_MAX_CHANNELS"]
 
@@ -119,21 +119,39 @@ def _run_compiled(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarr
 
 
 def _run_gemm_per_tap(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    n, g, c, o = spec.batch, spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
+    n, g, o = spec.batch, spec.groups, spec.out_channels_per_group
     p = output_positions(spec)
     x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
     w = grouped_weight(weight, spec)  # (G, O, C, K)
-    dtype = np.result_type(x, weight)
-    out = np.empty((n, g, o, p), dtype=dtype)
+    out = np.empty((n, g, o, p), dtype=np.result_type(x, weight))
+    workers = min(get_num_threads(), n)
+    if workers <= 1:
+        _taps_into(out, x_padded, w, spec, 0, n)
+    else:
+        # Several images: whole images per thread, one BLAS thread each. OpenBLAS's own
+        # threads on these thin per-tap products (O x C with C = 16 in 3-D layers) ran at
+        # half the one-thread speed (3x3x3 16->16 @16x32x32 batch 2: 16.6 vs 8.9 ms).
+        cuts = [n * i // workers for i in range(workers + 1)]
+        with single_threaded_blas():
+            run_parallel([lambda a=a, b=b: _taps_into(out, x_padded, w, spec, a, b)
+                          for a, b in zip(cuts[:-1], cuts[1:])])
+    return out.reshape(spec.full_output_shape)
+
+
+def _taps_into(out: np.ndarray, x_padded: np.ndarray, w: np.ndarray, spec: ConvSpec,
+               first: int, stop: int) -> None:
+    """``out[first:stop]`` as the sum over taps of (G, O, C) @ (images, G, C, P) products."""
+    n, g, c = stop - first, spec.groups, spec.in_channels_per_group
+    o, p = out.shape[2], out.shape[3]
+    target = out[first:stop]
     # the per-tap product goes to a reused buffer: a fresh one per tap was page-faulted in
     # every time (8 MB per tap for conv1d k=3 64->64 L=4096 batch 8)
-    product = scratch("direct.tap", n * g * o * p, dtype).reshape(n, g, o, p)
+    product = scratch("direct.tap", n * g * o * p, out.dtype).reshape(n, g, o, p)
     for k, tap in enumerate(tap_offsets(spec)):
-        window = tap_view(x_padded, tap, spec).reshape(n, g, c, p)
-        # (N, G, O, P) += (G, O, C) @ (N, G, C, P)
+        window = tap_view(x_padded[first:stop], tap, spec).reshape(n, g, c, p)
+        # (n, G, O, P) += (G, O, C) @ (n, G, C, P)
         if k == 0:
-            np.matmul(w[..., k], window, out=out)
+            np.matmul(w[..., k], window, out=target)
         else:
             np.matmul(w[..., k], window, out=product)
-            out += product
-    return out.reshape(spec.full_output_shape)
+            target += product
