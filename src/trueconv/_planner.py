@@ -224,12 +224,14 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
     if name == "direct":
         if _direct_is_compiled(spec):
             # compiled stencil: multiply-adds at vector speed, no gathers, no BLAS calls
-            return [0.0, 0.0, 0.0, macs, 0.0, 1.0]
+            return [0.0, 0.0, 0.0, macs, 0.0, 0.0, 1.0]
         # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view,
         # each added into the output: with few channels (C = 16: 3-D layers) that pass over
-        # the output per tap, not the products, sets the time
+        # the output per tap, not the products, sets the time; a strided layer's tap views
+        # are not BLAS operands (NumPy copies or loops them), so its products cost more
+        strided = macs if any(s > 1 for s in spec.stride) else 0.0
         return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0,
-                float(n * g * o * p * k * itemsize), 1.0]
+                float(n * g * o * p * k * itemsize), strided, 1.0]
     if name == "im2col":
         flat = _im2col_flat_shift_work(spec)
         if flat is not None:
@@ -355,6 +357,13 @@ def _source() -> str:
 EXACT_MARGIN = 1.1
 EXACT_SLACK = 100e-6
 
+#: direct's per-tap GEMM path and im2col compute the same products; im2col's one wide GEMM
+#: per band is the steadier of the two (direct's K thin products and K passes over the output
+#: measured from 0.5x to 2x of im2col's time on layer shapes at two threads, swinging with
+#: BLAS threading and NumPy's handling of strided tap views), so the per-tap path must be
+#: predicted more than this much faster to be chosen over im2col.
+GEMM_PATH_MARGIN = 1.25
+
 
 def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan") -> Plan:
     """Pick the eligible algorithm with the lowest predicted time; the reason says why."""
@@ -368,6 +377,15 @@ def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan
     fits = {name: (chunk, workspace) for name, chunk, workspace in eligible}
     ranked = _ranked(spec, eligible)
     best_time, best = ranked[0]
+    predicted = {name: t for t, name in ranked}
+    if (best == "direct" and "im2col" in predicted and not _direct_is_compiled(spec)
+            and predicted["im2col"] <= GEMM_PATH_MARGIN * best_time):
+        others = ", ".join(f"{name} {format_seconds(t)}" for t, name in ranked if name != "im2col")
+        reason = (f"im2col runs the same products as direct's per-tap GEMMs in fewer, wider "
+                  f"ones and is predicted within {GEMM_PATH_MARGIN - 1:.0%} of it "
+                  f"({format_seconds(predicted['im2col'])}; {others}) by {_source()}"
+                  f"{_excluded_clause(excluded)}")
+        return Plan("im2col", reason, fits["im2col"][1], fits["im2col"][0])
     exact = [(t, name) for t, name in ranked if ALGORITHMS[name].exact]
     if not ALGORITHMS[best].exact and exact and exact[0][0] <= EXACT_MARGIN * best_time + EXACT_SLACK:
         # Within the model's own error of a transform, the exact algorithm wins: its result
