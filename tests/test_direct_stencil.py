@@ -204,8 +204,9 @@ def test_infinite_weight_meeting_padding_is_nan(dtype, k):
     ((2, 2, 33, 30), (3, 2, 7, 7), ((3, 3), (3, 3)), 1),  # window copy
     ((2, 1, 3000), (2, 1, 5), ((2, 2),), 1),  # 1-D, column tiles
 ])
-def test_bitwise_reproducible_across_threads_and_batch(restore_threads, x_shape, w_shape, pads,
-                                                       groups):
+def test_bitwise_reproducible_across_threads_and_batch(restore_threads, monkeypatch, x_shape,
+                                                       w_shape, pads, groups):
+    monkeypatch.setattr(kernels, "MIN_MACS_PER_THREAD", 1024)  # split these small problems
     rng = np.random.default_rng(9)
     x, w = _pair(rng, x_shape, w_shape, "float32")
     results = []
