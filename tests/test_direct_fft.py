@@ -321,8 +321,9 @@ def test_direct_bitwise_across_threads_and_batch_splits(rng, monkeypatch):
         return real_run_parallel(tasks)
 
     monkeypatch.setattr(_kernels_numba, "run_parallel", spy)
+    monkeypatch.setattr(_kernels_numba, "MIN_MACS_PER_THREAD", 1 << 18)
 
-    # 1.2e6 multiply-adds: enough for the kernel to use both threads
+    # 1.2e6 multiply-adds: with 2**18 per thread, enough for the kernel to use both threads
     x, w = random_pair(rng, (4, 3, 64, 61), (3, 1, 5, 5), "float32")
     spec = make_spec(x, w, 1, 2, 1, 3)
     before = _threads.get_num_threads()
