@@ -25,6 +25,7 @@ from trueconv._api import conv_with_plan
 from trueconv._planner import DataFacts, choose, eligibility
 from trueconv._spec import ConvSpec
 from trueconv.algorithms import ALGORITHMS
+from trueconv.algorithms.direct import uses_compiled_kernel
 
 EXACT = {name for name, a in ALGORITHMS.items() if a.exact}
 TRANSFORMS = {name for name, a in ALGORITHMS.items() if not a.exact}
@@ -468,7 +469,7 @@ def test_plan_cache_follows_the_thread_count(monkeypatch):
 @pytest.mark.parametrize("direct_share, expected", [(0.9, "im2col"), (0.7, "direct")])
 def test_direct_gemm_path_must_beat_im2col_by_the_margin(monkeypatch, direct_share, expected):
     spec = spec2d(n=2, c=64, o=64, size=(14, 14), dtype="float32")  # direct's per-tap GEMM path
-    assert not _planner._direct_is_compiled(spec)
+    assert not uses_compiled_kernel(spec)
     times = {"im2col": 1e-3, "direct": direct_share * 1e-3, "winograd": 5e-3, "fft": 9e-3}
     monkeypatch.setattr(_planner, "predict_seconds", lambda s, name, chunk=None: times[name])
     plan = _planner.heuristic_plan(spec, _planner.OPTIMISTIC, 2**40)
@@ -477,5 +478,5 @@ def test_direct_gemm_path_must_beat_im2col_by_the_margin(monkeypatch, direct_sha
         assert "fewer, wider" in plan.reason and "within 25%" in plan.reason
     # the compiled direct loop (few channels) is a different algorithm: no margin against it
     small = spec2d(n=2, c=2, o=2, size=(14, 14), dtype="float32")
-    assert _planner._direct_is_compiled(small)
+    assert uses_compiled_kernel(small)
     assert _planner.heuristic_plan(small, _planner.OPTIMISTIC, 2**40).algorithm == "direct"

@@ -167,9 +167,9 @@ def test_tile_rule_1d() -> None:
     assert WINOGRAD._tile_size_1d(spec(6)) == 6  # out 6: 8 < 12 = 12
     assert WINOGRAD._tile_size_1d(spec(8, dilation=2)) == 4  # two phases of 4 outputs
     # the error bound grows like sqrt(C): F(6, 3) until about 40,000 input channels
-    assert winograd_module.error_bound_1d(6, 32768, "float32") < 1e-4
+    assert winograd_module.error_bound_for(6, 1, 32768, "float32") < 1e-4
     assert WINOGRAD._tile_size_1d(spec(4096, channels=65536)) == 4
-    assert winograd_module.error_bound_1d(6, 64, "float64") < 1e-13
+    assert winograd_module.error_bound_for(6, 1, 64, "float64") < 1e-13
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -181,7 +181,7 @@ def test_f63_error_within_its_bound(dtype: str) -> None:
     spec = ConvSpec(2, 64, 8, 1, (600,), (3,), (1,), (1,), ((1, 1),), dtype)
     out = WINOGRAD.run(x.astype(dtype), w.astype(dtype), spec, tile=6)
     error = float(np.abs(out - ref).max() / np.abs(ref).max())
-    assert error <= winograd_module.error_bound_1d(6, 64, dtype)
+    assert error <= winograd_module.error_bound_for(6, 1, 64, dtype)
 
 
 def test_threads_only_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> None:

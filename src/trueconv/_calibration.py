@@ -543,12 +543,10 @@ def ranking_report(timings: dict[str, Any], coefficients_: dict[str, Any]) -> st
             f"{lost * 1e3:.1f} ms lost in all; worst {worst:.2f}x ({worst_key})")
 
 
-def measure_table(verbose: bool = True, passes: int = 3,
-                  timings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Time every registered algorithm on the training set (or reuse ``timings``) and fit."""
+def table_from(timings: dict[str, Any], verbose: bool = True) -> dict[str, Any]:
+    """The calibration table (coefficients with provenance) fitted to ``timings``."""
     from ._threads import blas_info, get_num_threads
 
-    timings = timings if timings is not None else measure_timings(passes, verbose)
     coefficients_ = fit(timings)
     if verbose:
         print(ranking_report(timings, coefficients_), file=sys.stderr)
@@ -658,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = measure_timings(args.passes, verbose=not args.quiet)
     if args.save_timings:
         Path(args.save_timings).write_text(json.dumps(timings, indent=1), encoding="utf-8")
-    table = measure_table(verbose=True, timings=timings)
+    table = table_from(timings)
     # JSON true/false/null never occur in the table, so the JSON text is valid Python.
     assert all(v is not None for v in table.values())
     print(render([table]))

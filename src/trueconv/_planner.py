@@ -37,6 +37,8 @@ from ._memory import format_bytes, get_memory_limit
 from ._spec import ConvSpec
 from ._threads import get_num_threads
 from .algorithms import ALGORITHMS
+from .algorithms import direct as direct_module
+from .algorithms import fft as fft_module
 from .algorithms import im2col as im2col_module
 from .algorithms import winograd as winograd_module
 
@@ -176,35 +178,9 @@ def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
 
 
 def _fft_tiles(spec: ConvSpec) -> tuple[int, int]:
-    """Tiles and transform points per tile (one untiled transform if the algorithm does not tile)."""
-    from .algorithms import fft as fft_module
-
-    tile_plan = getattr(fft_module, "tile_plan", None)
-    if callable(tile_plan):
-        plan = tile_plan(spec)
-        return math.prod(plan.tile_counts), math.prod(plan.transform_shape)
-    return 1, math.prod(s + e - 1 for s, e in zip(spec.padded_shape, spec.effective_kernel_shape))
-
-
-def _direct_is_compiled(spec: ConvSpec) -> bool:
-    from .algorithms import direct as direct_module
-
-    compiled = getattr(direct_module, "uses_compiled_kernel", None)
-    return bool(compiled(spec)) if callable(compiled) else False
-
-
-def _im2col_is_pointwise(spec: ConvSpec) -> bool:
-    from .algorithms import im2col as im2col_module
-
-    pointwise = getattr(im2col_module, "is_pointwise", None)
-    return bool(pointwise(spec)) if callable(pointwise) else False
-
-
-def _im2col_flat_shift_work(spec: ConvSpec) -> tuple[float, float, float] | None:
-    from .algorithms import im2col as im2col_module
-
-    work = getattr(im2col_module, "flat_shift_work", None)
-    return work(spec) if callable(work) else None
+    """Tiles and transform points per tile of the FFT algorithm's tiling."""
+    plan = fft_module.tile_plan(spec)
+    return math.prod(plan.tile_counts), math.prod(plan.transform_shape)
 
 
 def cost_features(spec: ConvSpec, name: str) -> list[float]:
@@ -222,7 +198,7 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
     # A complex multiply-add is four real ones.
     macs = float(spec.macs) * (4 if np.dtype(spec.dtype).kind == "c" else 1)
     if name == "direct":
-        if _direct_is_compiled(spec):
+        if direct_module.uses_compiled_kernel(spec):
             # compiled stencil: multiply-adds at vector speed, no gathers, no BLAS calls
             return [0.0, 0.0, 0.0, macs, 0.0, 0.0, 1.0]
         # one (O, C) @ (C, P) product per tap and (batch, group), reading a strided tap view,
@@ -233,7 +209,7 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         return [macs, float(n * g * c * p * k * itemsize), float(n * g * k), 0.0,
                 float(n * g * o * p * k * itemsize), strided, 1.0]
     if name == "im2col":
-        flat = _im2col_flat_shift_work(spec)
+        flat = im2col_module.flat_shift_work(spec)
         if flat is not None:
             # flat-shift path (few outputs, kernel ~ the plane, e.g. the weight gradient): no
             # gather; the plane's zeros multiplied too, inputs copied once, one GEMM per position
@@ -246,7 +222,7 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
             plane_macs, copied, calls = plane
             return [plane_macs * (4 if np.dtype(spec.dtype).kind == "c" else 1), copied, calls, 1.0]
         # gather C*K rows of P columns (none for a pointwise 1x1), then one GEMM per (batch, group)
-        gathered = 0 if _im2col_is_pointwise(spec) else n * g * c * k * p * itemsize
+        gathered = 0 if im2col_module.is_pointwise(spec) else n * g * c * k * p * itemsize
         return [macs, float(gathered), float(n * g), 1.0]
     if name == "fft":
         tiles, points = _fft_tiles(spec)
@@ -378,7 +354,7 @@ def heuristic_plan(spec: ConvSpec, facts: DataFacts, limit: int, fn: str = "plan
     ranked = _ranked(spec, eligible)
     best_time, best = ranked[0]
     predicted = {name: t for t, name in ranked}
-    if (best == "direct" and "im2col" in predicted and not _direct_is_compiled(spec)
+    if (best == "direct" and "im2col" in predicted and not direct_module.uses_compiled_kernel(spec)
             and predicted["im2col"] <= GEMM_PATH_MARGIN * best_time):
         others = ", ".join(f"{name} {format_seconds(t)}" for t, name in ranked if name != "im2col")
         reason = (f"im2col runs the same products as direct's per-tap GEMMs in fewer, wider "

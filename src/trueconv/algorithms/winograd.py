@@ -155,7 +155,9 @@ _IDENTITY = (((1,),), ((1,),), ((1,),))
 # to about twice the measurement. It grows like sqrt(C / 64) past 64 channels (the float32
 # channel sum in the transform domain); float64 scales it by eps64 / eps32.
 _FLOAT32_BOUND = {(2, 1): 6e-7, (4, 1): 3e-6, (2, 2): 7e-7, (4, 2): 1.2e-5,
-                  (2, 3): 8e-7, (4, 3): 4e-5}
+                  (2, 3): 8e-7, (4, 3): 4e-5,
+                  # 1-D F(6, 3) (TRANSFORMS_1D): 1.0e-6 to 1.6e-6 measured (_measure_errors_1d)
+                  (6, 1): 4e-6}
 # The weight-gradient form (see is_weight_gradient_form), measured the same way per m at a
 # transform-domain reduction length of 64 (class docstring), about twice the measurement; it
 # grows like sqrt(reduction / 64).
@@ -179,7 +181,13 @@ MIN_SPLIT_TILES = 256
 
 def error_bound_for(m: int, spatial_ndim: int, in_channels: int, dtype: object) -> float:
     """Expected max error of F(m, 3) relative to the output scale (N(0, 1)-like data)."""
-    bound = _FLOAT32_BOUND[(m, spatial_ndim)] * math.sqrt(max(in_channels, 64) / 64)
+    return _scaled_bound(_FLOAT32_BOUND[(m, spatial_ndim)], in_channels, dtype)
+
+
+def _scaled_bound(float32_bound: float, reduction: int, dtype: object) -> float:
+    """A float32 envelope measured at a reduction length of 64, for ``reduction`` and ``dtype``:
+    it grows like ``sqrt(reduction / 64)``, and float64 scales it by ``2 * eps64 / eps32``."""
+    bound = float32_bound * math.sqrt(max(reduction, 64) / 64)
     if np.dtype(dtype) == np.float64:
         bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
     return bound
@@ -192,10 +200,7 @@ def weight_gradient_error_bound(m: int, reduction: int, dtype: object) -> float:
     group times tiles per image (each image of the forward batch is one input
     channel of the form, see :func:`is_weight_gradient_form`).
     """
-    bound = _WG_FLOAT32_BOUND[m] * math.sqrt(max(reduction, 64) / 64)
-    if np.dtype(dtype) == np.float64:
-        bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
-    return bound
+    return _scaled_bound(_WG_FLOAT32_BOUND[m], reduction, dtype)
 
 
 def _weight_form_shape(spec: ConvSpec) -> bool:
@@ -885,21 +890,6 @@ TRANSFORMS_1D: dict[int, tuple[tuple[tuple[Fraction | int, ...], ...], ...]] = {
 #: Output tile sizes the 1-D path runs.
 TILE_SIZES_1D = (*TILE_SIZES, *sorted(TRANSFORMS_1D))
 
-# Measured float32 max-rel error of the 1-D F(6, 3) at C <= 64 (_measure_errors_1d: 1.0e-6
-# to 1.6e-6), rounded up to about 2.5x; it grows like sqrt(C / 64) as error_bound_for's.
-_FLOAT32_BOUND_1D_F6 = 4e-6
-
-
-def error_bound_1d(m: int, in_channels: int, dtype: object) -> float:
-    """Expected max error of the 1-D F(m, 3) relative to the output scale (see error_bound_for)."""
-    if m != 6:
-        return error_bound_for(m, 1, in_channels, dtype)
-    bound = _FLOAT32_BOUND_1D_F6 * math.sqrt(max(in_channels, 64) / 64)
-    if np.dtype(dtype) == np.float64:
-        bound *= 2 * float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)
-    return bound
-
-
 _TRANSFORMS_1D_CACHE: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
@@ -962,7 +952,7 @@ def _measure_errors_1d() -> None:  # pragma: no cover - regenerates the 1-D erro
 
     F(6, 3) is about 1.4x F(4, 3) (its points +-1/2 and +-2), far inside the 1e-4
     float32 tolerance; another seed gave 1.6e-6 at C = 64, hence the 4e-6 envelope
-    (``error_bound_1d``).
+    (``error_bound_for(6, 1, ...)``).
     """
     rng = np.random.default_rng(0)
     algo = Winograd()
@@ -1379,8 +1369,6 @@ class Winograd:
         if is_weight_gradient_form(spec):
             reduction = spec.in_channels_per_group * math.prod(tile_grid(spec.kernel_shape, m))
             return weight_gradient_error_bound(m, reduction, spec.dtype)
-        if spec.spatial_ndim == 1:
-            return error_bound_1d(m, spec.in_channels_per_group, spec.dtype)
         return error_bound_for(m, spec.spatial_ndim, spec.in_channels_per_group, spec.dtype)
 
     # -- memory ---------------------------------------------------------------
@@ -1654,14 +1642,14 @@ class Winograd:
 
         The tile with the fewest transform-domain products, ``ceil(out/m) * (m + 2)``
         (ties to the smaller, more accurate tile), among those whose float32
-        :func:`error_bound_1d` stays within the 1e-4 tolerance. F(6, 3) computes 11%
+        :func:`error_bound_for` stays within the 1e-4 tolerance. F(6, 3) computes 11%
         fewer products than F(4, 3) and ran 8-15% faster on 64->64 channels, L = 4096
         (float32 and float64, one and two threads); its error is about 1.4x F(4, 3)'s.
         """
         c = spec.in_channels_per_group
         (out,) = phase_spec(spec).output_shape
         sizes = [m for m in TILE_SIZES_1D
-                 if error_bound_1d(m, c, "float32") <= FLOAT32_TOLERANCE] or [2]
+                 if error_bound_for(m, 1, c, "float32") <= FLOAT32_TOLERANCE] or [2]
         return min(sizes, key=lambda m: (-(-out // m) * (m + 2), m))
 
     def _run_1d(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
