@@ -50,13 +50,13 @@ This is where GEMM formulations lose: depthwise and few-channel convolutions
 have no matrix product worth a gather (OpenCV's ``filter2D`` is the same idea,
 hand vectorized).
 
-Threads: the loops are ``nogil`` and serial; :func:`correlate` hands tile
-ranges to the shared worker pool (``_pool.run_parallel``, plus the calling
-thread) from a shared counter, :func:`trueconv.get_num_threads` threads in all. Not
-``parallel=True``/``prange``: the parallel wrapper doubled the first-call
-compile time (measured; CI compiles from a clean clone), and a static prange
-split waits for the slowest thread when another process holds a core, while a
-shared counter lets whichever thread runs take the next tiles.
+Threads: the loops are ``nogil`` and serial; :func:`correlate` runs tile ranges
+in one Numba parallel launch (:func:`_correlate_parallel`, ``prange`` with
+chunk size 1: a thread that gets its core late takes fewer ranges),
+:func:`trueconv.get_num_threads` threads in all, where the threading layer is
+thread-safe (:func:`trueconv.algorithms._pool.compiled_parallel`; serially
+otherwise). The wrapper is tiny: the tile loops compile once, serially, and
+the wrapper calls them.
 
 Padded taps add ``0 * w`` exactly as a direct sum over a zero-padded input
 does (or are skipped where that is bitwise the same: finite weights), so
@@ -76,14 +76,13 @@ output, (KD, KH, KW) kernel, s stride, d dilation, p pad before.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numba
 import numpy as np
 
 from .._threads import get_num_threads
-from ._pool import run_parallel
+from ._pool import compiled_parallel, numba_threads
 
 #: Output columns per tile: long rows (1-D signals) are split so that both
 #: threads get work and a tile's buffers stay in L1/L2.
@@ -95,12 +94,13 @@ TILE_COLS = 2048
 #: us (whole planes), 1024x1024 3x3 300 -> 248 us, 7x7 float64 through the
 #: window copy 3.1 -> 2.7 ms, 15x15 5.7 -> 5.5 ms; strided calls unchanged.
 TILE_ELEMENTS = 32768
-#: Below this many multiply-adds per thread, waking another thread costs more
-#: than it saves. Measured on the 2-core VM inside a benchmark process: depthwise
-#: 3x3 C=32 @112 batch 1 (3.6M multiply-adds) 0.41 ms on two threads, 0.24 ms on
-#: one; a 3x3 filter on a 1024x1024 float32 image (9.4M) 0.80 vs 0.49 ms; 7x7 (51M)
-#: and depthwise batch 8 (29M) gain from the second thread.
-MIN_MACS_PER_THREAD = 1 << 23
+#: Below this many multiply-adds per thread (about 20 us of one core) a second thread
+#: does not pay for its launch. Measured through Numba's parallel launch (2-core VM, 2
+#: threads, blocks of 7 calls after an idle pause): depthwise 3x3 C=32 @112 batch 1
+#: (3.6M multiply-adds) 0.22 ms with the split, 0.30 ms without; a 3x3 filter on a
+#: 1024x1024 float64 image (9.4M) 0.72 vs 1.21 ms. Through the Python worker pool the
+#: split had lost below 8M (a pool thread took 0.1-0.9 ms to wake).
+MIN_MACS_PER_THREAD = 1 << 19
 #: Kernel planes of at most this many taps (and every 1-D kernel) compute tile
 #: interiors in place from the input; larger ones through the window copy, whose
 #: row pitch is not a multiple of 4 KiB (measured, 1 thread, 1024x1024: 3x3 20%
@@ -258,6 +258,16 @@ def _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group,
                 _tile_buffered(x, w, out, n, o, od, r0, r1 - r0, ow0, cols,
                                out_channels_per_group, stride, dilation, pad, acc, buf,
                                offsets, zero)
+
+
+@numba.njit(cache=True, fastmath=False, nogil=True, parallel=True)
+def _correlate_parallel(x, w, out, stride, dilation, pad, out_channels_per_group, tile_rows,
+                        tile_cols, in_place_kernel, skip_padding,
+                        bounds):  # pragma: no cover - compiled
+    """:func:`_correlate_tiles` over the tile ranges ``bounds[i]:bounds[i + 1]`` in parallel."""
+    for i in numba.prange(bounds.size - 1):
+        _correlate_tiles(x, w, out, stride, dilation, pad, out_channels_per_group, tile_rows,
+                         tile_cols, in_place_kernel, skip_padding, bounds[i], bounds[i + 1])
 
 
 @numba.njit(cache=True, fastmath=False, nogil=True)
@@ -579,22 +589,18 @@ def correlate(
     skip_padding = w3.dtype.kind in "iu" or bool(np.isfinite(w3).all())
     args = (x3, w3, out, stride3, dilation3, pad3, out_channels_per_group, tile_rows, tile_cols,
             in_place_eligible(w3.shape[2:], stride3), skip_padding)
-    if threads <= 1:
-        _correlate_tiles(*args, 0, items)
-    else:
-        # A few tasks per thread, handed out by a shared counter (next() on
-        # itertools.count is atomic under the GIL): a thread that gets a core late
-        # takes fewer, and the calling thread works until none are left.
+    if threads > 1 and compiled_parallel():
+        # A few tasks per thread, handed out one at a time by Numba's scheduler (chunk size
+        # 1): a thread that gets its core late takes fewer. One GIL-free launch whose
+        # threads wait spinning between calls, where a Python pool thread had to be woken
+        # per call (measured in blocks of back-to-back calls after an idle pause, 3x3 on a
+        # 1024x1024 float32 image: 0.23 ms in two threads, 0.42 in one, 0.7-1.0 through
+        # the pool).
         tasks = min(items, 4 * threads)
-        bounds = [items * i // tasks for i in range(tasks + 1)]
-        counter = itertools.count()
-
-        def work() -> None:
-            for task in iter(counter.__next__, None):
-                if task >= tasks:
-                    return
-                _correlate_tiles(*args, bounds[task], bounds[task + 1])
-
-        # the calling thread plus pool threads (a late starter finds the counter spent)
-        run_parallel([work] * threads)
+        bounds = np.array([items * i // tasks for i in range(tasks + 1)], dtype=np.int64)
+        numba_threads(threads)
+        with numba.parallel_chunksize(1):
+            _correlate_parallel(*args, bounds)
+    else:
+        _correlate_tiles(*args, 0, items)
     return out.reshape(x.shape[0], weight.shape[0], *output_shape)

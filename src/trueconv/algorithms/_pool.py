@@ -20,7 +20,8 @@ import numpy as np
 
 from .._memory import get_memory_limit
 
-__all__ = ["LockedIterator", "drain", "run_parallel", "scratch", "single_threaded_blas"]
+__all__ = ["LockedIterator", "compiled_parallel", "drain", "numba_threads", "run_parallel", "scratch",
+           "single_threaded_blas"]
 
 
 class LockedIterator:
@@ -65,6 +66,69 @@ def _get_pool(size: int) -> ThreadPoolExecutor:
             if old is not None:
                 old.shutdown(wait=False)  # its idle threads exit; running tasks finish
         return _pool
+
+
+# Compiled loops launch their parallel regions through Numba's threading layer. Only a
+# thread-safe layer will do (OpenMP or TBB: trueconv is called from several Python threads
+# at once, e.g. by Dask); Numba's fallback "workqueue" aborts the process on concurrent
+# launches, and GNU OpenMP aborts a forked child that launches after its parent did.
+_COMPILED_PARALLEL: list[bool] = []
+_compiled_parallel_lock = threading.Lock()
+_forked_after_launch = False
+
+
+def compiled_parallel() -> bool:
+    """True if compiled loops may run Numba parallel regions (``prange``) in this process.
+
+    That needs Numba with a thread-safe threading layer (``omp``: GNU OpenMP's libgomp,
+    usually installed; or ``tbb``: ``pip install tbb``), and not a forked child of a
+    process that started one. Otherwise the compiled loops run serially in the
+    calling thread. Probed once: Numba picks its layer when it first starts its threads.
+
+    Examples
+    --------
+    >>> isinstance(compiled_parallel(), bool)
+    True
+    """
+    if _forked_after_launch:
+        return False
+    if not _COMPILED_PARALLEL:
+        with _compiled_parallel_lock:
+            if not _COMPILED_PARALLEL:
+                _COMPILED_PARALLEL.append(_probe_threading_layer())
+    return _COMPILED_PARALLEL[0]
+
+
+def _probe_threading_layer() -> bool:
+    try:
+        import numba
+    except ImportError:
+        return False
+    try:
+        numba.get_thread_id()  # starts Numba's threads: selects the threading layer
+        return numba.threading_layer() in ("omp", "tbb")
+    except (ValueError, RuntimeError, ImportError):  # no layer could start
+        return False
+
+
+def _note_fork() -> None:  # pragma: no cover - runs in forked children
+    global _forked_after_launch
+    _forked_after_launch = bool(_COMPILED_PARALLEL and _COMPILED_PARALLEL[0])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def numba_threads(threads: int) -> int:
+    """Let the next parallel launch from this thread use ``threads`` Numba threads (capped at
+    Numba's maximum); return the count set. ``numba.get_thread_id()`` inside the launch is
+    then below it, so per-thread scratch needs that many slots."""
+    import numba
+
+    count = max(1, min(threads, int(numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(count)
+    return count
 
 
 _SCHED_GETCPU: Any = None

@@ -19,14 +19,15 @@ compiled (Numba) loops. They apply the 1-D transforms axis by axis (the 4- and
 their inner loops over the contiguous channel axis (the input is gathered
 channels-last one block at a time, in cache). The work is cut into blocks of
 tiles (whole images, bands of tile rows or pieces of a row, see
-:func:`tile_blocks`); the calling thread and the threads of a persistent pool
-take whole blocks (transform in, GEMM, transform out) with one BLAS thread
-each, so the workspace is a few blocks whatever the image size. Where there are too
-few tiles for a block per thread (batch-1 layers on small images) the
-threads split the transform points instead, each running every stage for its
-points on all tiles (:meth:`Winograd._run_points`). The weight
-transform ``U`` is one small GEMM per input channel written straight into its
-GEMM layout. Ragged borders: tiles past the output's end read implicit zeros
+:func:`tile_blocks`); one compiled driver per call (:func:`_forward_blocks`)
+computes the weight transform and then hands whole blocks (transform in, GEMM
+through BLAS on one thread, transform out) to Numba's parallel threads, so the
+workspace is a few blocks whatever the image size, and the fork/join happens
+without the GIL between spinning threads (:func:`trueconv.algorithms._pool.compiled_parallel`).
+Where there are too few tiles for a block per thread (batch-1 layers on small
+images) the threads split the transform points instead, each running every
+stage for its points on all tiles (:meth:`Winograd._run_points`). The weight
+transform ``U`` is computed in the GEMMs' layout from the taps read in place. Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
 
 The weight gradient of a stride-1 3x3 2-D layer runs as a second form of the
@@ -100,6 +101,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import types
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -108,7 +110,8 @@ import numpy as np
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import LockedIterator, drain, run_parallel, scratch, single_threaded_blas
+from ._pool import (LockedIterator, compiled_parallel, drain, numba_threads, run_parallel, scratch,
+                    single_threaded_blas)
 
 _F = Fraction
 
@@ -1002,6 +1005,178 @@ def _kernels_1d() -> tuple[Any, Any]:
     return _COMPILED_1D["input"], _COMPILED_1D["output"]
 
 
+# ---------------------------------------------------------------------------
+# Compiled drivers: the whole forward pass of a call (weight transform, then per tile
+# block: input transform, transform-domain products, output transform) in one GIL-free
+# compiled function whose loops over blocks are Numba ``prange`` loops. Numba's OpenMP
+# (or TBB) threads take the blocks: a fork/join there costs microseconds, and the
+# threads wait spinning between calls, where a Python pool thread had to be woken
+# (0.1-0.9 ms on this VM after each call; measured in `trueconv bench`'s blocks of calls:
+# 3x3 64->64 @56 batch 1 0.77 ms compiled-parallel against 1.17 ms through the pool).
+# Each driver is compiled twice, parallel and serial (see _pool.compiled_parallel).
+# ---------------------------------------------------------------------------
+def _weight_rows(taps, kron, u, gc0, gc1, t0, t1):  # pragma: no cover - compiled
+    # u[t - t0, g, c, :] = sum_k kron[t, k] * taps[g, :, c, k] for the flattened (group,
+    # input channel) pairs [gc0, gc1) and the transform points [t0, t1): the weight
+    # transform G g G^T of those channels in the GEMMs' (T, G, C, O) layout. taps is the
+    # weight (G, O, C, K); one channel's (K, O) column block is gathered first, so that
+    # the sums run as contiguous loops over the output channels.
+    o, c, k = taps.shape[1], taps.shape[2], taps.shape[3]
+    column = np.empty((k, o), dtype=u.dtype)
+    for gc in range(gc0, gc1):
+        gg, cc = gc // c, gc % c
+        for kk in range(k):
+            for j in range(o):
+                column[kk, j] = taps[gg, j, cc, kk]
+        for t in range(t0, t1):
+            row = u[t - t0, gg, cc]
+            for j in range(o):
+                row[j] = 0
+            for kk in range(k):
+                coef = kron[t, kk]
+                if coef != 0:
+                    for j in range(o):
+                        row[j] += coef * column[kk, j]
+
+
+def _products(v, u, mm, pair):  # pragma: no cover - compiled
+    # mm[t] = v[t] @ u[t] per transform point and group (see _point_products): v (T, tiles,
+    # G*C), u (T, G, C, O), mm (T, tiles, G*O); pair: scratch for one group's operands.
+    t, g, c, o = u.shape
+    tiles = v.shape[1]
+    for p in range(t):
+        if c == 1:  # depthwise: a broadcast product
+            for i in range(tiles):
+                for gg in range(g):
+                    a = v[p, i, gg]
+                    for j in range(o):
+                        mm[p, i, gg * o + j] = a * u[p, gg, 0, j]
+        elif g == 1:
+            np.dot(v[p], u[p, 0], mm[p])
+        else:  # BLAS wants contiguous operands: one group's columns copied out and back
+            vg = pair[:tiles * c].reshape(tiles, c)
+            mg = pair[tiles * c:tiles * (c + o)].reshape(tiles, o)
+            for gg in range(g):
+                vg[:, :] = v[p, :, gg * c:(gg + 1) * c]
+                np.dot(vg, u[p, gg], mg)
+                mm[p, :, gg * o:(gg + 1) * o] = mg
+
+
+def _forward_blocks(x5, lo_d, lo_h, lo_w, btd, bth, btw, atd, ath, atw, md, mh, mw,
+                    dd, dh, dw, blocks, taps, kron, u, vbuf, mbuf, pbuf, out,
+                    weight_parts):  # pragma: no cover - compiled
+    # The block split (Winograd._run): U by channel ranges, then whole tile blocks
+    # (n0, n1, d0, d1, h0, h1, w0, w1), each in one thread from transform in to transform
+    # out while it is in that core's cache; vbuf/mbuf/pbuf hold one block per thread.
+    t, g, c, o = u.shape
+    for part in prange(weight_parts):
+        _weight_rows_kernel(taps, kron, u, g * c * part // weight_parts,
+                     g * c * (part + 1) // weight_parts, 0, t)
+    for b in prange(blocks.shape[0]):
+        slot = _thread_id()
+        n0, n1, d0, d1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+        h0, h1, w0, w1 = blocks[b, 4], blocks[b, 5], blocks[b, 6], blocks[b, 7]
+        tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
+        v = vbuf[slot, :t * tiles * g * c].reshape(t, tiles, g * c)
+        _input_kernel(x5, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
+                      n0, n1, d0, d1, h0, h1, w0, w1, v, 0, -1, dd, dh, dw)
+        mm = mbuf[slot, :t * tiles * g * o].reshape(t, tiles, g * o)
+        _products_kernel(v, u, mm, pbuf[slot])
+        _output_kernel(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out, 0, -1,
+                       dd, dh, dw)
+
+
+def _forward_points(x5, lo_d, lo_h, lo_w, btd, bth, btw, atd, ath, atw, md, mh, mw,
+                    dd, dh, dw, blocks, taps, kron, ranges, ubuf, vbuf, mbuf, pbuf, shares,
+                    out):  # pragma: no cover - compiled
+    # The point split (Winograd._run_points): range k of the transform points (p0, p1,
+    # points per index) computes its rows of U and runs every stage on all tiles for its
+    # points; its output transform writes its share of the sum over the points (range 0
+    # into out, range k into shares[k - 1]); then the shares are added, in range order.
+    g, c, o = taps.shape[0], taps.shape[2], taps.shape[1]
+    parts = ranges.shape[0]
+    for k in prange(parts):
+        p0, p1, per = ranges[k, 0], ranges[k, 1], ranges[k, 2]
+        tk = (p1 - p0) * per
+        u = ubuf[k, :tk * g * c * o].reshape(tk, g, c, o)
+        _weight_rows_kernel(taps, kron, u, 0, g * c, p0 * per, p1 * per)
+        share = out if k == 0 else shares[k - 1].reshape(out.shape)
+        for b in range(blocks.shape[0]):
+            n0, n1, d0, d1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+            h0, h1, w0, w1 = blocks[b, 4], blocks[b, 5], blocks[b, 6], blocks[b, 7]
+            tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
+            v = vbuf[k, :tk * tiles * g * c].reshape(tk, tiles, g * c)
+            _input_kernel(x5, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
+                          n0, n1, d0, d1, h0, h1, w0, w1, v, p0, p1, dd, dh, dw)
+            mm = mbuf[k, :tk * tiles * g * o].reshape(tk, tiles, g * o)
+            _products_kernel(v, u, mm, pbuf[k])
+            _output_kernel(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, share, p0, p1,
+                           dd, dh, dw)
+    flat = out.reshape(-1)
+    size = flat.size
+    for q in prange(parts):
+        for i in range(size * q // parts, size * (q + 1) // parts):
+            total = flat[i]
+            for k in range(1, parts):
+                total += shares[k - 1, i]
+            flat[i] = total
+
+
+def _products_1d(u, v, mm):  # pragma: no cover - compiled
+    # mm[t] = u[t] @ v[t] per transform point and group, channels-first: u (T, G, O, C),
+    # v (T, G*C, tiles), mm (T, G*O, tiles); a group's rows are contiguous row ranges.
+    t, g, o, c = u.shape
+    tiles = v.shape[2]
+    for p in range(t):
+        for gg in range(g):
+            if c == 1:  # depthwise: a broadcast product
+                for j in range(o):
+                    coef = u[p, gg, j, 0]
+                    for i in range(tiles):
+                        mm[p, gg * o + j, i] = coef * v[p, gg, i]
+            elif g == 1:
+                np.dot(u[p, 0], v[p], mm[p])
+            else:  # a group's rows: contiguous, but typed as any-layout slices; copied
+                vg = np.ascontiguousarray(v[p, gg * c:(gg + 1) * c])
+                mg = np.empty((o, tiles), dtype=mm.dtype)
+                np.dot(u[p, gg], vg, mg)
+                mm[p, gg * o:(gg + 1) * o] = mg
+
+
+def _forward_1d(x3, lo, bt, at, blocks, u, vbuf, mbuf, out):  # pragma: no cover - compiled
+    # The 1-D path (Winograd._run_1d): whole blocks (n0, n1, w0, w1) per thread.
+    t, g, o, c = u.shape
+    for b in prange(blocks.shape[0]):
+        slot = _thread_id()
+        n0, n1, w0, w1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+        tiles = (n1 - n0) * (w1 - w0)
+        v = vbuf[slot, :t * g * c * tiles].reshape(t, g * c, tiles)
+        mm = mbuf[slot, :t * g * o * tiles].reshape(t, g * o, tiles)
+        _input_kernel_1d(x3, lo, bt, n0, n1, w0, w1, v)
+        _products_1d_kernel(u, v, mm)
+        _output_kernel_1d(mm, at, n0, n1, w0, w1, out)
+
+
+def _drivers_1d(parallel: bool) -> Any:
+    """The compiled ``_forward_1d``, parallel (prange) or serial (see :func:`_drivers`)."""
+    key = "driver-1d-parallel" if parallel else "driver-1d-serial"
+    if key not in _COMPILED:
+        import numba as nb
+
+        compiled_parallel()  # starts Numba's threads (see _drivers)
+
+        input_kernel, output_kernel = _kernels_1d()
+        if "helpers-1d" not in _COMPILED:
+            _COMPILED["helpers-1d"] = nb.njit(parallel=False, cache=True, nogil=True,
+                                              boundscheck=False)(_products_1d)
+        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
+                         _input_kernel_1d=input_kernel, _output_kernel_1d=output_kernel,
+                         _products_1d_kernel=_COMPILED["helpers-1d"])
+        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
+                                 nogil=True, boundscheck=False)(_variant(_forward_1d, parallel))
+    return _COMPILED[key]
+
+
 _COMPILED: dict[str, Any] = {}
 prange = range
 
@@ -1011,9 +1186,7 @@ def _kernels() -> tuple[Any, Any]:
     if not _COMPILED:
         import numba as nb
 
-        # The kernels' `prange` is plain `range` until Numba compiles them.
-        globals()["prange"] = nb.prange
-        # Serial kernels that release the GIL: run() parallelizes over tile blocks with threads.
+        # Serial kernels that release the GIL: the drivers below run them on their blocks.
         # fastmath: only "contract" (fused multiply-adds: as accurate or more, and about 1.4x
         # faster transforms); no reassociation, so the summation order is kept.
         options = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
@@ -1022,6 +1195,52 @@ def _kernels() -> tuple[Any, Any]:
         _COMPILED["output"] = nb.njit(**options)(_output_transform)
         _COMPILED["gradient"] = nb.njit(**options)(_gradient_transform)
     return _COMPILED["input"], _COMPILED["output"]
+
+
+def _drivers(parallel: bool) -> tuple[Any, Any]:
+    """The compiled ``(_forward_blocks, _forward_points)``, parallel (prange) or serial."""
+    key = "drivers-parallel" if parallel else "drivers-serial"
+    if key not in _COMPILED:
+        import numba as nb
+
+        # The drivers call numba.get_thread_id, whose symbol comes from Numba's threading
+        # layer: its threads must be started before code loaded from the cache runs (a fresh
+        # compilation starts them itself; a cached serial driver crashed without).
+        compiled_parallel()
+
+        input_kernel, output_kernel = _kernels()
+        if "helpers" not in _COMPILED:
+            helpers = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
+                           boundscheck=False)
+            _COMPILED["helpers"] = (nb.njit(**helpers)(_weight_rows),
+                                    nb.njit(**helpers)(_products))
+        weight_rows, products = _COMPILED["helpers"]
+        # The names the drivers' source calls, bound to compiled functions: Numba reads a
+        # function's globals when it compiles it.
+        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
+                         _input_kernel=input_kernel, _output_kernel=output_kernel,
+                         _weight_rows_kernel=weight_rows, _products_kernel=products)
+        options = dict(parallel=parallel, cache=True, fastmath={"contract"}, nogil=True,
+                       boundscheck=False)
+        _COMPILED[key] = (nb.njit(**options)(_variant(_forward_blocks, parallel)),
+                          nb.njit(**options)(_variant(_forward_points, parallel)))
+    return _COMPILED[key]
+
+
+def _variant(function: Any, parallel: bool) -> Any:
+    """``function`` itself for the parallel compilation, a renamed copy for the serial one.
+
+    Numba's on-disk cache names its entries by the function's qualified name and
+    signature, not its compile options: the serial and the parallel compilation of one
+    function overwrote each other's cache entry, and loading the other's code crashed.
+    """
+    if parallel:
+        return function
+    clone = types.FunctionType(function.__code__, function.__globals__,
+                               function.__name__ + "_serial", function.__defaults__,
+                               function.__closure__)
+    clone.__qualname__ = function.__qualname__ + "_serial"
+    return clone
 
 
 def _gradient_kernel() -> Any:
@@ -1181,10 +1400,14 @@ def _run_split(copy: Any, n: int) -> None:
 
 
 def _weight_taps(weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """The kernel taps as a ``(G, C, K, O)`` view (of the weight, when contiguous in the dtype)."""
+    """The kernel taps ``(G, O, C, K)`` (the weight itself, when contiguous in the dtype)."""
     g, o, c = spec.groups, spec.out_channels_per_group, spec.in_channels_per_group
-    taps = np.ascontiguousarray(weight, dtype=spec.dtype).reshape(g, o, c, spec.kernel_size)
-    return taps.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(weight, dtype=spec.dtype).reshape(g, o, c, spec.kernel_size)
+
+
+def _pair_items(groups: int, channels: int, outputs: int, tiles: int) -> int:
+    """Scratch items per thread for one group's GEMM operands (grouped, non-depthwise only)."""
+    return tiles * (channels + outputs) if groups > 1 and channels > 1 else 1
 
 
 def point_ranges(m: int, nd: int, parts: int) -> list[tuple[int, int, int]]:
@@ -1417,7 +1640,8 @@ class Winograd:
         transform's last stages, so where tile blocks keep the threads busy they win).
         """
         threads = max(1, get_num_threads())
-        if threads == 1 or spec.spatial_ndim < 2 or self._block_plan(spec, m)[1] >= threads:
+        if threads == 1 or spec.spatial_ndim < 2 or self._block_plan(spec, m)[1] >= threads \
+                or not compiled_parallel():
             return 1, 0
         parts = min(threads, m + 2)
         return parts, self._block_target(spec, m + 2) * parts
@@ -1427,9 +1651,9 @@ class Winograd:
 
         The transformed weights ``U`` (plus a converted copy of the taps they
         are made from, when the weight is not already contiguous in the compute
-        dtype) and, per worker thread, one block's ``V`` and ``M`` and the
+        dtype) and, per worker thread, one block's ``V`` and ``M``, the
         compiled kernels' scratch (the block's channels-last input band and
-        output rows). Independent of the image size beyond one block, so a
+        output rows) and, for grouped layers, one group's GEMM operands. Independent of the image size beyond one block, so a
         single huge image stays bounded. A non-contiguous ``x`` is copied once
         more (not counted: the engine passes contiguous arrays).
         """
@@ -1468,7 +1692,8 @@ class Winograd:
         md, mh, mw = steps
         band = (bd * bh * bw + (ad * bh * bw if ad > 1 else 0) + ah * bw) * spec.in_channels
         rows = (ad * ah + ad * mh + mh) * ext[2] * mw * spec.out_channels
-        return (weights + shares + workers * (v_and_m + band + rows)) * spec.itemsize
+        pair = _pair_items(g, c, o, target)  # a grouped GEMM's contiguous operands
+        return (weights + shares + workers * (v_and_m + band + rows + pair)) * spec.itemsize
 
     # -- compute --------------------------------------------------------------
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
@@ -1515,66 +1740,48 @@ class Winograd:
         steps = _as_3d((m,) * nd, 1)
 
         if self._point_plan(phases, m)[0] > 1:
-            return self._run_points(x5, weight, spec, m, lows, input_kernel, output_kernel)
+            return self._run_points(x5, weight, spec, m, lows)
         out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
         full_grid = (phases.batch, *_as_3d(grid, 1))
         target, workers = self._block_plan(phases, m)
         blocks = tile_blocks(full_grid, target)
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
         workers = min(workers, len(blocks))
+        parallel = workers > 1 and compiled_parallel()
+        slots = numba_threads(workers) if parallel else 1
 
         # U = G g G^T on every axis, once per call, laid out (T, G, C, O) for the GEMMs (which
-        # run markedly slower on a transposed U): per (group, input channel) one small product
-        # (T, O) = kron(Gd, Gh, Gw) (T, K) @ taps (K, O), the taps read in place (a strided
-        # BLAS operand, no transposing copy) and the result written straight into U. kron is
-        # formed in float64 and rounded once; the products run in the compute dtype (each U
-        # entry is a sum of at most 27 terms, an error far below the transforms' own). Large
-        # weights split the input channels over the threads. (A compiled separable G g G^T
-        # kernel ran as fast on one thread, and slower per point range: it gathers every tap.)
+        # run markedly slower on a transposed U), computed by the compiled driver from the
+        # taps read in place: per (group, input channel) its (K, O) taps gathered, then each
+        # point's row a sum of the kron(Gd, Gh, Gw) multiples of them. kron is formed in
+        # float64 and rounded once; the sums run in the compute dtype (at most 27 terms, an
+        # error far below the transforms' own). Large weights split the channels over the
+        # threads.
         taps = _weight_taps(weight, spec)
         u = scratch("winograd.u", t * g * c * o, dtype).reshape(t, g, c, o)
-        u_gcto = u.transpose(1, 2, 0, 3)
-        parts = min(max(1, get_num_threads()), c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
-        cuts = [c * k // parts for k in range(parts + 1)]
-        weight_queue = LockedIterator(list(zip(cuts[:-1], cuts[1:])))
-
-        def weights() -> None:
-            for a, b in weight_queue:
-                np.matmul(kron, taps[:, a:b], out=u_gcto[:, a:b])
-
-        drain(weights, parts)
-
-        queue = LockedIterator(blocks)
-
-        def worker() -> None:
-            # Each worker owns its V and M buffers and runs whole blocks: transform in,
-            # GEMM, transform out, while the block is still in its core's cache.
-            v_buffer = scratch("winograd.v", t * g * c * block_tiles, dtype)
-            m_buffer = scratch("winograd.m", t * g * o * block_tiles, dtype)
-            for block in queue:
-                n0, n1, d0, d1, h0, h1, w0, w1 = block
-                tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
-                v = v_buffer[: t * tiles * g * c].reshape(t, tiles, g * c)
-                input_kernel(x5, *lows, btd, bth, btw, *steps, *block, v, 0, -1, *dilation)
-                mm = m_buffer[: t * tiles * g * o].reshape(t, tiles, g * o)
-                _point_products(v, u, mm)
-                output_kernel(mm, atd, ath, atw, *block, out, 0, -1, *dilation)
-
-        drain(worker, workers)
+        weight_parts = min(slots, g * c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
+        vbuf = scratch("winograd.v", slots * t * g * c * block_tiles, dtype).reshape(slots, -1)
+        mbuf = scratch("winograd.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
+        pbuf = scratch("winograd.pair", slots * _pair_items(g, c, o, block_tiles),
+                       dtype).reshape(slots, -1)
+        forward_blocks, _ = _drivers(parallel)
+        forward_blocks(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
+                       np.array(blocks, dtype=np.int64).reshape(-1, 8), taps, kron, u, vbuf,
+                       mbuf, pbuf, out, weight_parts)
         return out.reshape(spec.full_output_shape)
 
     def _run_points(self, x5: np.ndarray, weight: np.ndarray, spec: ConvSpec, m: int,
-                    lows: tuple[int, ...], input_kernel: Any, output_kernel: Any) -> np.ndarray:
+                    lows: tuple[int, ...]) -> np.ndarray:
         """``_run`` for few tiles on several threads: the threads split the transform points.
 
-        Worker ``k`` takes the points whose index on the outermost transformed axis lies
-        in its range (:meth:`_point_plan`) and runs, for all tiles, its part of every
-        stage: its rows of ``U``, the input transform into its points, its GEMMs (full
+        Range ``k`` of the points whose index on the outermost transformed axis lies
+        in it (:meth:`_point_plan`) runs, for all tiles, its part of every stage: its
+        rows of ``U``, the input transform into its points, its GEMMs (full
         ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the output
-        transform, a partial sum of the output. One fork/join per call; the calling
-        thread adds the shares at the end (one pass over the output). Tile-block
-        splitting gave each block a skinnier GEMM and a full ``U`` to read, and a batch-1
-        layer ran slower on two threads than on one.
+        transform, a partial sum of the output; the shares are added at the end (one
+        pass over the output). One compiled parallel launch (``_forward_points``).
+        Tile-block splitting gave each block a skinnier GEMM and a full ``U`` to read,
+        and a batch-1 layer ran slower on two threads than on one.
         """
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
@@ -1588,36 +1795,21 @@ class Winograd:
         parts, target = self._point_plan(phases, m)
         blocks = tile_blocks((phases.batch, *_as_3d(tile_grid(phases.output_shape, m), 1)), target)
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
-        ranges = point_ranges(m, nd, parts)
+        ranges = np.array(point_ranges(m, nd, parts), dtype=np.int64)
+        numba_threads(len(ranges))
+        points = int(max((p1 - p0) * per for p0, p1, per in ranges))
         out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
-        # the shares of workers 1.. live in the calling thread's scratch (a pool thread could
-        # serve another call once its task is done, before these are read)
-        shares = [out] + [scratch(f"winograd.share{k}", out.size, dtype).reshape(out.shape)
-                          for k in range(1, len(ranges))]
-
-        # range k always writes shares[k]; the threads pull ranges (see _pool.drain)
-        queue = LockedIterator([(k, *r) for k, r in enumerate(ranges)])
-
-        def worker() -> None:
-            for k, p0, p1, per in queue:
-                tk = (p1 - p0) * per
-                u = scratch("winograd.u", tk * g * c * o, dtype).reshape(tk, g, c, o)
-                # this range's rows of U (see _run)
-                np.matmul(kron[p0 * per:p1 * per], taps, out=u.transpose(1, 2, 0, 3))
-                v_buffer = scratch("winograd.v", tk * g * c * block_tiles, dtype)
-                m_buffer = scratch("winograd.m", tk * g * o * block_tiles, dtype)
-                for block in blocks:
-                    n0, n1, d0, d1, h0, h1, w0, w1 = block
-                    tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
-                    v = v_buffer[: tk * tiles * g * c].reshape(tk, tiles, g * c)
-                    input_kernel(x5, *lows, btd, bth, btw, *steps, *block, v, p0, p1, *dilation)
-                    mm = m_buffer[: tk * tiles * g * o].reshape(tk, tiles, g * o)
-                    _point_products(v, u, mm)
-                    output_kernel(mm, atd, ath, atw, *block, shares[k], p0, p1, *dilation)
-
-        drain(worker, len(ranges))
-        for share in shares[1:]:
-            np.add(out, share, out=out)
+        parts = len(ranges)
+        ubuf = scratch("winograd.u", parts * points * g * c * o, dtype).reshape(parts, -1)
+        vbuf = scratch("winograd.v", parts * points * g * c * block_tiles, dtype).reshape(parts, -1)
+        mbuf = scratch("winograd.m", parts * points * g * o * block_tiles, dtype).reshape(parts, -1)
+        pbuf = scratch("winograd.pair", parts * _pair_items(g, c, o, block_tiles),
+                       dtype).reshape(parts, -1)
+        shares = scratch("winograd.shares", (parts - 1) * out.size, dtype).reshape(parts - 1, -1)
+        _, forward_points = _drivers(True)
+        forward_points(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
+                       np.array(blocks, dtype=np.int64).reshape(-1, 8), taps, kron, ranges,
+                       ubuf, vbuf, mbuf, pbuf, shares, out)
         return out.reshape(spec.full_output_shape)
 
 
@@ -1664,7 +1856,6 @@ class Winograd:
         core's L2 between the three steps; the workers pull blocks from a shared
         queue, one BLAS thread each.
         """
-        input_kernel, output_kernel = _kernels_1d()
         dtype = np.dtype(spec.dtype)
         m = self._tile_size_1d(spec) if tile is None else tile
         t = m + 2
@@ -1687,27 +1878,14 @@ class Winograd:
         u = scratch("winograd.1d.u", t * g * o * c, dtype).reshape(t, g * o * c)
         np.matmul(gmat, taps.T, out=u)
         u = u.reshape(t, g, o, c)
-        queue = LockedIterator(blocks)
-
-        def worker() -> None:
-            v_buffer = scratch("winograd.1d.v", t * g * c * block_tiles, dtype)
-            m_buffer = scratch("winograd.1d.m", t * g * o * block_tiles, dtype)
-            for n0, n1, w0, w1 in queue:
-                tiles = (n1 - n0) * (w1 - w0)
-                v = v_buffer[: t * g * c * tiles].reshape(t, g * c, tiles)
-                mm = m_buffer[: t * g * o * tiles].reshape(t, g * o, tiles)
-                input_kernel(x3, lo, bt, n0, n1, w0, w1, v)
-                if c == 1:  # depthwise: a broadcast product, no GEMM calls
-                    np.multiply(u, v.reshape(t, g, 1, tiles), out=mm.reshape(t, g, o, tiles))
-                else:  # (T, G, O, tiles) = (T, G, O, C) @ (T, G, C, tiles)
-                    np.matmul(u, v.reshape(t, g, c, tiles), out=mm.reshape(t, g, o, tiles))
-                output_kernel(mm, at, n0, n1, w0, w1, out)
-
-        # drain, not run_parallel: a pool thread that starts late (milliseconds on this
-        # loaded VM, often after another algorithm ran) is cancelled once this thread has
-        # emptied the queue instead of waited for (batch 1: 0.77 -> 0.62 ms)
-
-        drain(worker, workers)
+        parallel = workers > 1 and compiled_parallel()
+        slots = numba_threads(workers) if parallel else 1
+        vbuf = scratch("winograd.1d.v", slots * t * g * c * block_tiles, dtype).reshape(slots, -1)
+        mbuf = scratch("winograd.1d.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
+        # one compiled launch: the threads take whole blocks (transform in, products,
+        # transform out), one BLAS thread each (see _drivers)
+        _drivers_1d(parallel)(x3, lo, bt, at, np.array(blocks, dtype=np.int64).reshape(-1, 4),
+                              u, vbuf, mbuf, out)
         return out
 
     # -- the weight-gradient form ----------------------------------------------
