@@ -1,11 +1,14 @@
 """The worker threads and BLAS thread limit that the algorithms share.
 
-Algorithms that parallelize over their own work items (Winograd's tile
-blocks and dilation phases, im2col's column chunks, the compiled direct
-loops' tile ranges, FFT's tile runs) run them on one persistent pool, the
-first item in the calling thread; the BLAS users among them run each worker
-with a single BLAS thread: their matrix products are small, and OpenBLAS's
-own threads gain little on them and stall badly when the cores are shared.
+The compiled loops (Winograd's drivers, the direct stencil) fork and join inside
+Numba (``prange`` on its OpenMP or TBB threads, :func:`compiled_parallel`): no
+GIL, and threads that wait spinning between calls. The Python-level work items
+(im2col's images and column chunks, Winograd's weight-gradient blocks and 1-D
+dilation phases, FFT's tile runs, the direct GEMM path's images) run on one
+persistent pool, the first item in the calling thread; the BLAS users among them
+run each worker with a single BLAS thread: their matrix products are small, and
+OpenBLAS's own threads gain little on them and stall badly when the cores are
+shared.
 """
 
 from __future__ import annotations

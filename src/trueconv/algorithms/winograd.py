@@ -19,14 +19,14 @@ compiled (Numba) loops. They apply the 1-D transforms axis by axis (the 4- and
 their inner loops over the contiguous channel axis (the input is gathered
 channels-last one block at a time, in cache). The work is cut into blocks of
 tiles (whole images, bands of tile rows or pieces of a row, see
-:func:`tile_blocks`); one compiled driver per call (:func:`_forward_blocks`)
+:func:`tile_blocks`); one compiled driver per call (:func:`_forward`)
 computes the weight transform and then hands whole blocks (transform in, GEMM
 through BLAS on one thread, transform out) to Numba's parallel threads, so the
 workspace is a few blocks whatever the image size, and the fork/join happens
 without the GIL between spinning threads (:func:`trueconv.algorithms._pool.compiled_parallel`).
 Where there are too few tiles for a block per thread (batch-1 layers on small
 images) the threads split the transform points instead, each running every
-stage for its points on all tiles (:meth:`Winograd._run_points`). The weight
+stage for its points on all tiles (:meth:`Winograd._run`). The weight
 transform ``U`` is computed in the GEMMs' layout from the taps read in place. Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
 
@@ -110,7 +110,7 @@ import numpy as np
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import (LockedIterator, compiled_parallel, drain, numba_threads, run_parallel, scratch,
+from ._pool import (LockedIterator, compiled_parallel, numba_threads, run_parallel, scratch,
                     single_threaded_blas)
 
 _F = Fraction
@@ -1062,64 +1062,53 @@ def _products(v, u, mm, pair):  # pragma: no cover - compiled
                 mm[p, :, gg * o:(gg + 1) * o] = mg
 
 
-def _forward_blocks(x5, lo_d, lo_h, lo_w, btd, bth, btw, atd, ath, atw, md, mh, mw,
-                    dd, dh, dw, blocks, taps, kron, u, vbuf, mbuf, pbuf, out,
-                    weight_parts):  # pragma: no cover - compiled
-    # The block split (Winograd._run): U by channel ranges, then whole tile blocks
-    # (n0, n1, d0, d1, h0, h1, w0, w1), each in one thread from transform in to transform
-    # out while it is in that core's cache; vbuf/mbuf/pbuf hold one block per thread.
-    t, g, c, o = u.shape
-    for part in prange(weight_parts):
-        _weight_rows_kernel(taps, kron, u, g * c * part // weight_parts,
-                     g * c * (part + 1) // weight_parts, 0, t)
-    for b in prange(blocks.shape[0]):
-        slot = _thread_id()
-        n0, n1, d0, d1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
-        h0, h1, w0, w1 = blocks[b, 4], blocks[b, 5], blocks[b, 6], blocks[b, 7]
-        tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
-        v = vbuf[slot, :t * tiles * g * c].reshape(t, tiles, g * c)
-        _input_kernel(x5, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
-                      n0, n1, d0, d1, h0, h1, w0, w1, v, 0, -1, dd, dh, dw)
-        mm = mbuf[slot, :t * tiles * g * o].reshape(t, tiles, g * o)
-        _products_kernel(v, u, mm, pbuf[slot])
-        _output_kernel(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out, 0, -1,
-                       dd, dh, dw)
-
-
-def _forward_points(x5, lo_d, lo_h, lo_w, btd, bth, btw, atd, ath, atw, md, mh, mw,
-                    dd, dh, dw, blocks, taps, kron, ranges, ubuf, vbuf, mbuf, pbuf, shares,
-                    out):  # pragma: no cover - compiled
-    # The point split (Winograd._run_points): range k of the transform points (p0, p1,
-    # points per index) computes its rows of U and runs every stage on all tiles for its
-    # points; its output transform writes its share of the sum over the points (range 0
-    # into out, range k into shares[k - 1]); then the shares are added, in range order.
+def _forward(x5, lo_d, lo_h, lo_w, btd, bth, btw, atd, ath, atw, md, mh, mw, dd, dh, dw,
+             blocks, taps, kron, ranges, weight_items, work_items, ubuf, vbuf, mbuf, pbuf,
+             shares, out):  # pragma: no cover - compiled
+    # One call of Winograd._run. ranges (parts, 3): the transform points of each part as
+    # (p0, p1, points per index) on the outermost transformed axis (see point_ranges):
+    # one part holding every point (the block split), or several (the point split). Part
+    # k's U rows live in ubuf[k]; its output transform writes its share of the sum over
+    # the points: part 0 into out, part k into shares[k - 1], added at the end in part
+    # order. weight_items (k, gc0, gc1): part k's U rows for the flattened (group,
+    # channel) range [gc0, gc1). work_items (k, b0, b1): part k on tile blocks b0:b1
+    # (n0, n1, d0, d1, h0, h1, w0, w1), transform in, products, transform out, each block
+    # in one thread while it is in that core's cache; vbuf/mbuf/pbuf: a block per thread.
     g, c, o = taps.shape[0], taps.shape[2], taps.shape[1]
-    parts = ranges.shape[0]
-    for k in prange(parts):
+    for i in prange(weight_items.shape[0]):
+        k, gc0, gc1 = weight_items[i, 0], weight_items[i, 1], weight_items[i, 2]
+        p0, p1, per = ranges[k, 0], ranges[k, 1], ranges[k, 2]
+        tk = (p1 - p0) * per
+        _weight_rows_kernel(taps, kron, ubuf[k, :tk * g * c * o].reshape(tk, g, c, o),
+                            gc0, gc1, p0 * per, p1 * per)
+    for i in prange(work_items.shape[0]):
+        slot = _thread_id()
+        k, b0, b1 = work_items[i, 0], work_items[i, 1], work_items[i, 2]
         p0, p1, per = ranges[k, 0], ranges[k, 1], ranges[k, 2]
         tk = (p1 - p0) * per
         u = ubuf[k, :tk * g * c * o].reshape(tk, g, c, o)
-        _weight_rows_kernel(taps, kron, u, 0, g * c, p0 * per, p1 * per)
         share = out if k == 0 else shares[k - 1].reshape(out.shape)
-        for b in range(blocks.shape[0]):
+        for b in range(b0, b1):
             n0, n1, d0, d1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
             h0, h1, w0, w1 = blocks[b, 4], blocks[b, 5], blocks[b, 6], blocks[b, 7]
             tiles = (n1 - n0) * (d1 - d0) * (h1 - h0) * (w1 - w0)
-            v = vbuf[k, :tk * tiles * g * c].reshape(tk, tiles, g * c)
+            v = vbuf[slot, :tk * tiles * g * c].reshape(tk, tiles, g * c)
             _input_kernel(x5, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
                           n0, n1, d0, d1, h0, h1, w0, w1, v, p0, p1, dd, dh, dw)
-            mm = mbuf[k, :tk * tiles * g * o].reshape(tk, tiles, g * o)
-            _products_kernel(v, u, mm, pbuf[k])
+            mm = mbuf[slot, :tk * tiles * g * o].reshape(tk, tiles, g * o)
+            _products_kernel(v, u, mm, pbuf[slot])
             _output_kernel(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, share, p0, p1,
                            dd, dh, dw)
-    flat = out.reshape(-1)
-    size = flat.size
-    for q in prange(parts):
-        for i in range(size * q // parts, size * (q + 1) // parts):
-            total = flat[i]
-            for k in range(1, parts):
-                total += shares[k - 1, i]
-            flat[i] = total
+    parts = ranges.shape[0]
+    if parts > 1:
+        flat = out.reshape(-1)
+        size = flat.size
+        for q in prange(parts):
+            for j in range(size * q // parts, size * (q + 1) // parts):
+                total = flat[j]
+                for k in range(1, parts):
+                    total += shares[k - 1, j]
+                flat[j] = total
 
 
 def _products_1d(u, v, mm):  # pragma: no cover - compiled
@@ -1157,13 +1146,13 @@ def _forward_1d(x3, lo, bt, at, blocks, u, vbuf, mbuf, out):  # pragma: no cover
         _output_kernel_1d(mm, at, n0, n1, w0, w1, out)
 
 
-def _drivers_1d(parallel: bool) -> Any:
-    """The compiled ``_forward_1d``, parallel (prange) or serial (see :func:`_drivers`)."""
+def _driver_1d(parallel: bool = True) -> Any:
+    """The compiled :func:`_forward_1d`, parallel or serial (see :func:`_driver`)."""
     key = "driver-1d-parallel" if parallel else "driver-1d-serial"
     if key not in _COMPILED:
         import numba as nb
 
-        compiled_parallel()  # starts Numba's threads (see _drivers)
+        compiled_parallel()  # starts Numba's threads (see _driver)
 
         input_kernel, output_kernel = _kernels_1d()
         if "helpers-1d" not in _COMPILED:
@@ -1197,17 +1186,22 @@ def _kernels() -> tuple[Any, Any]:
     return _COMPILED["input"], _COMPILED["output"]
 
 
-def _drivers(parallel: bool) -> tuple[Any, Any]:
-    """The compiled ``(_forward_blocks, _forward_points)``, parallel (prange) or serial."""
-    key = "drivers-parallel" if parallel else "drivers-serial"
+def _driver(parallel: bool = True) -> Any:
+    """The compiled :func:`_forward`: parallel (``prange``) or, where Numba cannot launch
+    parallel regions safely (:func:`~._pool.compiled_parallel`), serial.
+
+    The parallel build also serves one-thread calls (``numba.set_num_threads(1)``): each
+    build takes some 10 s to compile (the transform kernels are optimized again inside
+    it), so the serial one is built only where it is needed.
+    """
+    key = "driver-parallel" if parallel else "driver-serial"
     if key not in _COMPILED:
         import numba as nb
 
-        # The drivers call numba.get_thread_id, whose symbol comes from Numba's threading
+        # The driver calls numba.get_thread_id, whose symbol comes from Numba's threading
         # layer: its threads must be started before code loaded from the cache runs (a fresh
-        # compilation starts them itself; a cached serial driver crashed without).
+        # compilation starts them itself; a cached driver crashed without).
         compiled_parallel()
-
         input_kernel, output_kernel = _kernels()
         if "helpers" not in _COMPILED:
             helpers = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
@@ -1215,15 +1209,13 @@ def _drivers(parallel: bool) -> tuple[Any, Any]:
             _COMPILED["helpers"] = (nb.njit(**helpers)(_weight_rows),
                                     nb.njit(**helpers)(_products))
         weight_rows, products = _COMPILED["helpers"]
-        # The names the drivers' source calls, bound to compiled functions: Numba reads a
+        # The names the driver's source calls, bound to compiled functions: Numba reads a
         # function's globals when it compiles it.
         globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
                          _input_kernel=input_kernel, _output_kernel=output_kernel,
                          _weight_rows_kernel=weight_rows, _products_kernel=products)
-        options = dict(parallel=parallel, cache=True, fastmath={"contract"}, nogil=True,
-                       boundscheck=False)
-        _COMPILED[key] = (nb.njit(**options)(_variant(_forward_blocks, parallel)),
-                          nb.njit(**options)(_variant(_forward_points, parallel)))
+        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
+                                 nogil=True, boundscheck=False)(_variant(_forward, parallel))
     return _COMPILED[key]
 
 
@@ -1408,6 +1400,11 @@ def _weight_taps(weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
 def _pair_items(groups: int, channels: int, outputs: int, tiles: int) -> int:
     """Scratch items per thread for one group's GEMM operands (grouped, non-depthwise only)."""
     return tiles * (channels + outputs) if groups > 1 and channels > 1 else 1
+
+
+def _int_table(rows: list[tuple[int, ...]], width: int) -> np.ndarray:
+    """``rows`` as an int64 ``(len(rows), width)`` array, for the compiled drivers."""
+    return np.array(rows, dtype=np.int64).reshape(len(rows), width)
 
 
 def point_ranges(m: int, nd: int, parts: int) -> list[tuple[int, int, int]]:
@@ -1628,7 +1625,7 @@ class Winograd:
         Where the tile blocks would leave threads idle (:meth:`_block_plan`: too few
         tiles, e.g. 49 in a batch-1 layer of 128 channels @28, 16 of 256 @14, 128 of
         256 @14 at batch 8) the threads split the transform points instead
-        (:meth:`_run_points`): the ``alpha`` indices of the outermost transformed axis
+        (:meth:`_run`): the ``alpha`` indices of the outermost transformed axis
         (H in 2-D, D in 3-D; 1-D problems keep the block split). A worker's block holds
         ``1/parts`` of the points per tile, so its blocks are that much larger.
 
@@ -1716,6 +1713,19 @@ class Winograd:
 
     def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None,
              input_kernel: Any, output_kernel: Any) -> np.ndarray:
+        """The 2-D/3-D forward pass: one call of the compiled driver :func:`_forward`.
+
+        The threads split the tile blocks (:meth:`_block_plan`) or, where there are too
+        few tiles for a block per thread (:meth:`_point_plan`: batch-1 layers on small
+        images), the transform points: part ``k`` of the points whose index on the
+        outermost transformed axis lies in its range runs, for all tiles, its part of
+        every stage: its rows of ``U``, the input transform into its points, its GEMMs
+        (full ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the
+        output transform, a partial sum of the output; the shares are added at the end
+        (one pass over the output). Tile-block splitting gave each block a skinnier GEMM
+        and a full ``U`` to read, and a batch-1 layer ran slower on two threads than on
+        one.
+        """
         if spec.spatial_ndim == 1:  # channels-first kernels of its own (_run_1d)
             return self._run_1d(x, weight, spec, tile)
         dtype = np.dtype(spec.dtype)
@@ -1726,92 +1736,54 @@ class Winograd:
         m, alpha, grid = self._geometry(phases, tile)
         g = spec.groups
         c, o = spec.in_channels_per_group, spec.out_channels_per_group
-        t = alpha**nd
 
         # The kernels read the unpadded input; pads (and whole-tile rounding) are implicit zeros.
         x5 = np.ascontiguousarray(x, dtype=dtype)
         x5 = x5.reshape(spec.batch, spec.in_channels, *_as_3d(spec.input_shape, 1))
         lows = _as_3d(tuple(lo for lo, _ in spec.pad_widths), 0)
         dilation = _as_3d(spec.dilation, 1)
-
         # Per-axis transforms (leading untiled axes of 1-D/2-D problems get 1x1 identities)
         # and kron(Gd, Gh, Gw), built once per (m, nd, dtype).
         (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
         steps = _as_3d((m,) * nd, 1)
-
-        if self._point_plan(phases, m)[0] > 1:
-            return self._run_points(x5, weight, spec, m, lows)
-        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
         full_grid = (phases.batch, *_as_3d(grid, 1))
-        target, workers = self._block_plan(phases, m)
-        blocks = tile_blocks(full_grid, target)
-        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
-        workers = min(workers, len(blocks))
-        parallel = workers > 1 and compiled_parallel()
-        slots = numba_threads(workers) if parallel else 1
 
-        # U = G g G^T on every axis, once per call, laid out (T, G, C, O) for the GEMMs (which
-        # run markedly slower on a transposed U), computed by the compiled driver from the
-        # taps read in place: per (group, input channel) its (K, O) taps gathered, then each
-        # point's row a sum of the kron(Gd, Gh, Gw) multiples of them. kron is formed in
-        # float64 and rounded once; the sums run in the compute dtype (at most 27 terms, an
-        # error far below the transforms' own). Large weights split the channels over the
-        # threads.
-        taps = _weight_taps(weight, spec)
-        u = scratch("winograd.u", t * g * c * o, dtype).reshape(t, g, c, o)
-        weight_parts = min(slots, g * c) if u.size >= _PARALLEL_WEIGHT_ENTRIES else 1
-        vbuf = scratch("winograd.v", slots * t * g * c * block_tiles, dtype).reshape(slots, -1)
-        mbuf = scratch("winograd.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
+        parts, target = self._point_plan(phases, m)
+        if parts > 1:  # the point split: one work item per part, all blocks each
+            blocks = tile_blocks(full_grid, target)
+            ranges = point_ranges(m, nd, parts)
+            parts = len(ranges)
+            threads = parts
+            work = [(k, 0, len(blocks)) for k in range(parts)]
+            weight_items = [(k, 0, g * c) for k in range(parts)]
+        else:  # the block split: every point in one part, one work item per block
+            target, threads = self._block_plan(phases, m)
+            blocks = tile_blocks(full_grid, target)
+            ranges = point_ranges(m, nd, 1)
+            threads = min(threads, len(blocks))
+            work = [(0, b, b + 1) for b in range(len(blocks))]
+            # U = G g G^T is computed in the GEMMs' (T, G, C, O) layout (which they run
+            # markedly faster on than a transposed U); large weights split the channels
+            split = min(threads, g * c) if alpha**nd * g * c * o >= _PARALLEL_WEIGHT_ENTRIES else 1
+            weight_items = [(0, g * c * i // split, g * c * (i + 1) // split) for i in range(split)]
+        parallel = compiled_parallel()
+        slots = numba_threads(threads) if parallel else 1
+        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
+        points = max((p1 - p0) * per for p0, p1, per in ranges)
+
+        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
+        ubuf = scratch("winograd.u", parts * points * g * c * o, dtype).reshape(parts, -1)
+        vbuf = scratch("winograd.v", slots * points * g * c * block_tiles, dtype).reshape(slots, -1)
+        mbuf = scratch("winograd.m", slots * points * g * o * block_tiles, dtype).reshape(slots, -1)
         pbuf = scratch("winograd.pair", slots * _pair_items(g, c, o, block_tiles),
                        dtype).reshape(slots, -1)
-        forward_blocks, _ = _drivers(parallel)
-        forward_blocks(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
-                       np.array(blocks, dtype=np.int64).reshape(-1, 8), taps, kron, u, vbuf,
-                       mbuf, pbuf, out, weight_parts)
+        shares = scratch("winograd.shares", (parts - 1) * out.size, dtype).reshape(parts - 1,
+                                                                               out.size)
+        _driver(parallel)(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
+                          _int_table(blocks, 8), _weight_taps(weight, spec), kron,
+                          _int_table(ranges, 3), _int_table(weight_items, 3),
+                          _int_table(work, 3), ubuf, vbuf, mbuf, pbuf, shares, out)
         return out.reshape(spec.full_output_shape)
-
-    def _run_points(self, x5: np.ndarray, weight: np.ndarray, spec: ConvSpec, m: int,
-                    lows: tuple[int, ...]) -> np.ndarray:
-        """``_run`` for few tiles on several threads: the threads split the transform points.
-
-        Range ``k`` of the points whose index on the outermost transformed axis lies
-        in it (:meth:`_point_plan`) runs, for all tiles, its part of every stage: its
-        rows of ``U``, the input transform into its points, its GEMMs (full
-        ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the output
-        transform, a partial sum of the output; the shares are added at the end (one
-        pass over the output). One compiled parallel launch (``_forward_points``).
-        Tile-block splitting gave each block a skinnier GEMM and a full ``U`` to read,
-        and a batch-1 layer ran slower on two threads than on one.
-        """
-        dtype = np.dtype(spec.dtype)
-        nd = spec.spatial_ndim
-        phases = phase_spec(spec)  # the tiled problem (see _run)
-        dilation = _as_3d(spec.dilation, 1)
-        g = spec.groups
-        c, o = spec.in_channels_per_group, spec.out_channels_per_group
-        (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
-        steps = _as_3d((m,) * nd, 1)
-        taps = _weight_taps(weight, spec)
-        parts, target = self._point_plan(phases, m)
-        blocks = tile_blocks((phases.batch, *_as_3d(tile_grid(phases.output_shape, m), 1)), target)
-        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
-        ranges = np.array(point_ranges(m, nd, parts), dtype=np.int64)
-        numba_threads(len(ranges))
-        points = int(max((p1 - p0) * per for p0, p1, per in ranges))
-        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
-        parts = len(ranges)
-        ubuf = scratch("winograd.u", parts * points * g * c * o, dtype).reshape(parts, -1)
-        vbuf = scratch("winograd.v", parts * points * g * c * block_tiles, dtype).reshape(parts, -1)
-        mbuf = scratch("winograd.m", parts * points * g * o * block_tiles, dtype).reshape(parts, -1)
-        pbuf = scratch("winograd.pair", parts * _pair_items(g, c, o, block_tiles),
-                       dtype).reshape(parts, -1)
-        shares = scratch("winograd.shares", (parts - 1) * out.size, dtype).reshape(parts - 1, -1)
-        _, forward_points = _drivers(True)
-        forward_points(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
-                       np.array(blocks, dtype=np.int64).reshape(-1, 8), taps, kron, ranges,
-                       ubuf, vbuf, mbuf, pbuf, shares, out)
-        return out.reshape(spec.full_output_shape)
-
 
     # -- the 1-D path ---------------------------------------------------------------
     def _block_plan_1d(self, spec: ConvSpec, m: int) -> tuple[int, int]:
@@ -1878,14 +1850,13 @@ class Winograd:
         u = scratch("winograd.1d.u", t * g * o * c, dtype).reshape(t, g * o * c)
         np.matmul(gmat, taps.T, out=u)
         u = u.reshape(t, g, o, c)
-        parallel = workers > 1 and compiled_parallel()
+        parallel = compiled_parallel()
         slots = numba_threads(workers) if parallel else 1
         vbuf = scratch("winograd.1d.v", slots * t * g * c * block_tiles, dtype).reshape(slots, -1)
         mbuf = scratch("winograd.1d.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
         # one compiled launch: the threads take whole blocks (transform in, products,
-        # transform out), one BLAS thread each (see _drivers)
-        _drivers_1d(parallel)(x3, lo, bt, at, np.array(blocks, dtype=np.int64).reshape(-1, 4),
-                              u, vbuf, mbuf, out)
+        # transform out), one BLAS thread each (see _driver)
+        _driver_1d(parallel)(x3, lo, bt, at, _int_table(blocks, 4), u, vbuf, mbuf, out)
         return out
 
     # -- the weight-gradient form ----------------------------------------------
@@ -2020,10 +1991,10 @@ class Winograd:
         return np.ascontiguousarray(out.transpose(3, 2, 0, 1))
 
 
-#: Below this many U entries (T * G * C * O) the weight transform runs in one thread: a
-#: handoff to a pool thread costs 30-120 us on this (virtualized) machine, and 1M entries
-#: take about 0.4 ms.
-_PARALLEL_WEIGHT_ENTRIES = 1 << 20
+#: From this many U entries (T * G * C * O) on, the weight transform's channels are split
+#: over the threads (inside the driver's parallel launch, a split costs microseconds; a
+#: 64->64 F(4x4) layer has 147K entries, about 40 us of one core).
+_PARALLEL_WEIGHT_ENTRIES = 1 << 16
 
 
 def _measure_errors() -> None:  # pragma: no cover - regenerates the module docstring's table
