@@ -328,10 +328,12 @@ def test_winograd_tile_rule() -> None:
     assert algo.tile_size(spec_for((56, 56), 64)) == 4
     assert algo.tile_size(spec_for((2, 2), 64)) == 2  # 4-wide tiles would waste most of the tile
     # the weight transform is redone per call: at batch 1 on small images (four 4-wide
-    # tiles at 512 @7, sixteen at 256 @14) the smaller transform costs less in all
+    # tiles at 512 @7, sixteen at 256 @14, 49 at 128 @28) the smaller transform costs less
+    # in all; 196 tiles (64 @56) pay for F(4x4)'s
     assert algo.tile_size(spec_for((7, 7), 512)) == 2
     assert algo.tile_size(spec_for((14, 14), 256)) == 2
-    assert algo.tile_size(spec_for((28, 28), 128)) == 4
+    assert algo.tile_size(spec_for((28, 28), 128)) == 2
+    assert algo.tile_size(spec_for((56, 56), 128)) == 4
     # 1-D problems also have F(6, 3)
     assert algo.tile_size(spec_for((4096,), 64)) == 6
     # 3-D F(4x4x4) in float32 with many channels would exceed the 1e-4 tolerance

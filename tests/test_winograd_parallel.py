@@ -40,8 +40,9 @@ def spec_of(x, w, padding, dilation=1, groups=1):
 
 
 def test_default_splits_of_the_benchmark_layers(threads):
-    """With the real thresholds, on two threads: two tile blocks for 64 channels @56,
-    point ranges for 128 @28 and 256 @14 (see Winograd._point_plan)."""
+    """With the real thresholds, on two threads: two tile blocks for 64 channels @56 and, in
+    F(2x2) tiles, for 128 @28 and 256 @14 at batch 8; point ranges for 256 @14 at batch 1
+    (see Winograd._point_plan and tile_size)."""
     threads(2)
 
     def plans(channels, size, batch=1):
@@ -51,9 +52,9 @@ def test_default_splits_of_the_benchmark_layers(threads):
         return WINOGRAD._block_plan(spec, m)[1], WINOGRAD._point_plan(spec, m)[0]
 
     assert plans(64, 56) == (2, 1)
-    assert plans(128, 28) == (1, 2)
+    assert plans(128, 28) == (2, 1)
     assert plans(256, 14) == (1, 2)
-    assert plans(256, 14, batch=8) == (1, 2)
+    assert plans(256, 14, batch=8) == (2, 1)
     assert plans(64, 56, batch=8) == (2, 1)
 
 
@@ -100,13 +101,13 @@ def test_matches_torch_on_one_two_three_threads(case, dtype, count, threads):
 
 
 def test_through_conv_at_two_threads(threads):
-    """The public entry point, a layer-like batch-1 call (49 F(4, 3) tiles, one image)."""
+    """The public entry point, a layer-like batch-1 call (49 F(2, 3) tiles, one image)."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((1, 16, 28, 28)).astype(np.float32)
+    x = rng.standard_normal((1, 16, 14, 14)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     threads(2)
     spec = spec_of(x, w, 1)
-    assert WINOGRAD.tile_size(spec) == 4 and WINOGRAD._point_plan(spec, 4)[0] == 2
+    assert WINOGRAD.tile_size(spec) == 2 and WINOGRAD._point_plan(spec, 2)[0] == 2
     out = trueconv.conv(x, w, padding=1, algorithm="winograd")
     assert_close_scaled(out, torch_conv(x, w, padding=1), np.float32)
 

@@ -1547,9 +1547,9 @@ class Winograd:
         F(4, 3)'s float32 :meth:`error_bound` exceeds the 1e-4 tolerance (never
         happens below 3-D with huge channel counts), or when the output is so
         small that 4-wide tiles compute no fewer transform-domain products than
-        2-wide ones: ``alpha**d * (batch * tiles + 20)``, the products plus the
-        weight transform redone per call (so batch-1 layers on small images, 256 @14
-        and 512 @7, take F(2, 3)). 1-D problems choose among F(2), F(4) and F(6, 3)
+        2-wide ones: ``alpha**d * (batch * tiles + WEIGHT_TRANSFORM_TILES)``, the
+        products plus the weight transform redone per call (so 128 @28 at batch 1, 256
+        @14 and 512 @7 take F(2, 3)). 1-D problems choose among F(2), F(4) and F(6, 3)
         (:meth:`_tile_size_1d`).
         """
         nd, c = spec.spatial_ndim, spec.in_channels_per_group
@@ -1567,9 +1567,9 @@ class Winograd:
             return 2
         spec = phase_spec(spec)
         # transform-domain products, plus the per-call weight transform (alpha**d entries
-        # per channel pair, memory-bound: about 20 tiles' worth of products). Measured at one
-        # thread: 256->256 @14 b1 F(2) 1.54 ms vs F(4) 2.38; 512->512 @7 b1 7.0 vs 12.8.
-        cost = {m: (m + 2) ** nd * (spec.batch * math.prod(tile_grid(spec.output_shape, m)) + 20)
+        # per channel pair, memory-bound: WEIGHT_TRANSFORM_TILES tiles' worth of products)
+        cost = {m: (m + 2) ** nd * (spec.batch * math.prod(tile_grid(spec.output_shape, m))
+                                    + WEIGHT_TRANSFORM_TILES)
                 for m in TILE_SIZES}
         return 4 if cost[4] < cost[2] else 2
 
@@ -1991,6 +1991,13 @@ class Winograd:
         return np.ascontiguousarray(out.transpose(3, 2, 0, 1))
 
 
+#: The per-call weight transform in the tile rule (Winograd.tile_size), in tiles' worth of
+#: transform-domain products: each U entry is a 9-term sum written once, about as long as
+#: 100 tiles' multiply-adds on it in BLAS. Measured at two threads (blocks of calls after an
+#: idle pause, ms): 128->128 @28 b1 F(2) 1.00 vs F(4) 1.19; 256->256 @14 b8 4.5 vs 5.3,
+#: b1 1.4 vs 2.2; 64->64 @56 keeps F(4) (rule: up to 274 at batch 1). The earlier 20 was
+#: fitted to a batched-BLAS weight transform at one thread.
+WEIGHT_TRANSFORM_TILES = 100
 #: From this many U entries (T * G * C * O) on, the weight transform's channels are split
 #: over the threads (inside the driver's parallel launch, a split costs microseconds; a
 #: 64->64 F(4x4) layer has 147K entries, about 40 us of one core).
