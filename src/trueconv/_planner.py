@@ -165,6 +165,11 @@ def batch_chunk_for(spec: ConvSpec, name: str, limit: int) -> tuple[int, int] | 
 # P output positions, F transform points, T Winograd tiles, A points per tile.
 # ---------------------------------------------------------------------------
 
+#: Weight size at which Winograd's per-call weight transform costs twice as much per entry
+#: (see cost_features; about this machine's L2 plus a share of L3).
+WEIGHT_CACHE_BYTES = 4 * 2**20
+
+
 def _winograd_tiles(spec: ConvSpec) -> tuple[int, int]:
     """Tiles and transform points per tile of F(m, 3) (Lavin & Gray), ``m`` as the algorithm picks it."""
     m = ALGORITHMS["winograd"].tile_size(spec)
@@ -250,8 +255,14 @@ def cost_features(spec: ConvSpec, name: str) -> list[float]:
         # for many channels on small images (512->512 @7)
         transforms = float(n * g * (c + o) * tiles * per_tile)
         one_d = spec.spatial_ndim == 1
+        # a U entry costs more once the weight it is gathered from falls out of the caches
+        # (measured per entry, one thread: 0.55 ns from 64->64 and 256->256 weights, 1.0 to
+        # 1.4 ns from 512->512's 9.4 MB); the linear fit alone put Winograd at 512 @7 b8 at
+        # 5.3 ms against im2col's 6.1, measured 10.0 against 7.7
+        weight_bytes = g * o * c * spec.kernel_size * itemsize
+        spread = 1.0 + weight_bytes / WEIGHT_CACHE_BYTES
         return [0.0 if one_d else transforms, transforms if one_d else 0.0,
-                float(n * g * o * c * tiles * per_tile), float(g * o * c * per_tile), 1.0]
+                float(n * g * o * c * tiles * per_tile), float(g * o * c * per_tile) * spread, 1.0]
     return [macs, 1.0]
 
 
@@ -326,12 +337,13 @@ def _source() -> str:
 
 
 #: ``auto`` takes an exact algorithm over a transform (FFT, Winograd) unless the transform is
-#: predicted faster by more than 10% and 100 us: tiny problems, whose predictions are mostly
-#: the fitted per-call constants (the 2-thread fit gave FFT a 2 us one), then keep the plain direct sum (an FFT on a 12x10 image
-#: gave 361.99999999999994 for 362), while layers keep their transform (Winograd on 256->256
-#: @14 batch 8 is predicted 17% faster than im2col).
+#: predicted faster by more than 10% and 30 us: tiny problems, whose predictions are mostly
+#: the fitted per-call constants (the 2-thread fit gave FFT a 2 us one), then keep the plain
+#: direct sum (an FFT on a 12x10 image gave 361.99999999999994 for 362), while layers keep
+#: their transform. (100 us kept im2col on sub-millisecond layers that Winograd serves 20-25%
+#: faster: 128->128 @28 b1, conv1d 64->64 L=4096 b1.)
 EXACT_MARGIN = 1.1
-EXACT_SLACK = 100e-6
+EXACT_SLACK = 30e-6
 
 #: direct's per-tap GEMM path and im2col compute the same products; im2col's one wide GEMM
 #: per band is the steadier of the two (direct's K thin products and K passes over the output
