@@ -185,11 +185,12 @@ def test_f63_error_within_its_bound(dtype: str) -> None:
 
 
 def test_threads_only_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second worker only past MIN_SPLIT_MACS_1D multiply-adds (bench row batch 1: one)."""
+    """A second worker only past MIN_SPLIT_MACS_1D multiply-adds (bench rows: two; a short
+    signal: one)."""
     monkeypatch.setattr(winograd_module, "get_num_threads", lambda: 2)
 
-    def workers(batch: int) -> int:
-        spec = ConvSpec(batch, 64, 64, 1, (4096,), (3,), (1,), (1,), ((1, 1),), "float32")
+    def workers(batch: int, length: int = 4096) -> int:
+        spec = ConvSpec(batch, 64, 64, 1, (length,), (3,), (1,), (1,), ((1, 1),), "float32")
         return WINOGRAD._block_plan_1d(spec, WINOGRAD._tile_size_1d(spec))[1]
 
-    assert (workers(1), workers(8)) == (1, 2)
+    assert (workers(1), workers(8), workers(1, 256)) == (2, 2, 1)

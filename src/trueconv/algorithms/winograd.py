@@ -983,11 +983,11 @@ BLOCK_BYTES_1D = 1024 * 1024
 #: ... but a block keeps at least this many tiles (the GEMMs' N axis) when channels are many.
 MIN_BLOCK_TILES_1D = 64
 #: The 1-D path uses one more thread per this many transform-domain multiply-adds (about
-#: 0.6 ms of one core). Batch 1 of 64->64 channels, L = 4096 (22M, 0.43 ms on one core) ran
-#: 0.61 ms through trueconv.conv1d on one thread and 0.77-0.94 on two (three rounds each,
-#: loaded VM: the pool thread took a block and then started or ran late); batch 8 (179M)
-#: ran 3.5-4.1 on two, 5.3-5.4 on one.
-MIN_SPLIT_MACS_1D = 48 * 2**20
+#: 50 us of one core). Through the Python worker pool the threshold had to be 48M (a pool
+#: thread took 0.1-0.9 ms to wake); inside the driver's parallel launch, batch 1 of 64->64
+#: channels, L = 4096 (22M) ran 0.52 ms on two threads, 0.68-0.73 ms on one (six alternating
+#: blocks of calls each).
+MIN_SPLIT_MACS_1D = 4 * 2**20
 
 _COMPILED_1D: dict[str, Any] = {}
 
