@@ -79,21 +79,17 @@ is an envelope of this table (about twice each entry); :meth:`Winograd.tile_size
 uses it to fall back to F(2, 3) where F(4, 3) would exceed the float32
 tolerance.
 
-Speed (float32, padding 1, wall ms per call through ``trueconv.conv``, median of
-blocks of back-to-back calls, 2-core AVX-512 VM, 1 thread / 2 threads, torch
-with the same thread count in brackets; the VM's speed drifts by +-20%):
-3x3 64->64 @56 batch 1: 0.9-1.2 / 1.2 (torch 1.2-1.5 / 0.8); batch 8: 7.3-9.9 /
-4.8-5.7 (torch 9.9-11.6 / 5.3-5.9); 128->128 @28 batch 1: 1.2-1.4 / 1.3 (torch
-1.2-1.5 / 0.8); batch 8: 6.0-8.6 / 4.8 (torch 9.0-11.3 / 5.4-5.7); 256->256 @14
-batch 1: 2.3-3.7 / 3.2 (torch 1.3-1.6 / 0.8; the 2.4M-entry weight transform,
-redone per call, dominates); batch 8: 7.3-9.0 / 5.5-5.9 (torch 9.1-10.8 /
-5.4-5.8). One thread: 512->512 @7 batch 8: 18.5 (im2col 12, torch 11; four
-tiles per image and a 9.4M-entry weight transform: Winograd does not pay
-there); 3-D 3x3x3 16->16 @16x32x32 batch 8: 16 (im2col 40, torch 14); 1-D k=3
-64->64 L=4096 batch 8: 12 (im2col 7, torch 6.5) through the general kernels;
-the 1-D path (F(6, 3), channels-first) takes 3.5-3.7 ms at one thread and
-1.9-2.9 ms at two (torch 3.2 ms at two), batch 1 0.43-0.45 ms at one thread
-(torch 0.41 ms at two).
+Speed (float32, padding 1, two threads, ms per call through ``trueconv.conv`` in
+``trueconv bench``'s blocks of calls after an idle pause, median of three rounds; torch
+2.13 in brackets; the VM's speed drifts by +-20% and more): 3x3 64->64 @56 batch 1 0.83
+(0.80), batch 8 6.0 (5.8); 128->128 @28 batch 1 1.07 in F(2x2) (0.86), batch 8 4.7
+(5.8); 256->256 @14 batch 8 5.3 in F(2x2) (5.5); dilated 64->64 @56 batch 1 0.90
+(0.79); conv1d 64->64 L=4096 batch 8 3.0 (3.3); 3-D 16->16 @16x32x32 batch 1 2.2
+(15), batch 8 14 (8.0: 216-point transforms). Per 98-tile block of 64->64 @56 at one
+thread: input transform 0.19 ms, products 0.15, output transform 0.16 (the
+channels-last copy of the input alone is a third of its transform: a scalar transpose). Where the weight
+transform dominates (512 @7, 256 @14 at batch 1: a 4-9M-entry ``U`` redone per call)
+``auto`` takes im2col. README "Performance" has the full table.
 """
 
 from __future__ import annotations
