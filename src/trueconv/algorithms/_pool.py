@@ -23,8 +23,8 @@ import numpy as np
 
 from .._memory import get_memory_limit
 
-__all__ = ["LockedIterator", "compiled_parallel", "drain", "numba_threads", "run_parallel", "scratch",
-           "single_threaded_blas"]
+__all__ = ["LockedIterator", "compiled_parallel", "drain", "numba_threads", "run_parallel",
+           "scratch", "single_threaded_blas"]
 
 
 class LockedIterator:

@@ -27,7 +27,8 @@ without the GIL between spinning threads (:func:`trueconv.algorithms._pool.compi
 Where there are too few tiles for a block per thread (batch-1 layers on small
 images) the threads split the transform points instead, each running every
 stage for its points on all tiles (:meth:`Winograd._run`). The weight
-transform ``U`` is computed in the GEMMs' layout from the taps read in place. Ragged borders: tiles past the output's end read implicit zeros
+transform ``U`` is computed in the GEMMs' layout from the taps read in place.
+Ragged borders: tiles past the output's end read implicit zeros
 and their extra outputs are dropped.
 
 The weight gradient of a stride-1 3x3 2-D layer runs as a second form of the
@@ -87,7 +88,8 @@ Speed (float32, padding 1, two threads, ms per call through ``trueconv.conv`` in
 (0.79); conv1d 64->64 L=4096 batch 8 3.0 (3.3); 3-D 16->16 @16x32x32 batch 1 2.2
 (15), batch 8 14 (8.0: 216-point transforms). Per 98-tile block of 64->64 @56 at one
 thread: input transform 0.19 ms, products 0.15, output transform 0.16 (the
-channels-last copy of the input alone is a third of its transform: a scalar transpose). Where the weight
+channels-last copy of the input alone is a third of its transform: a scalar
+transpose). Where the weight
 transform dominates (512 @7, 256 @14 at batch 1: a 4-9M-entry ``U`` redone per call)
 ``auto`` takes im2col. README "Performance" has the full table.
 """
@@ -1646,7 +1648,8 @@ class Winograd:
         are made from, when the weight is not already contiguous in the compute
         dtype) and, per worker thread, one block's ``V`` and ``M``, the
         compiled kernels' scratch (the block's channels-last input band and
-        output rows) and, for grouped layers, one group's GEMM operands. Independent of the image size beyond one block, so a
+        output rows) and, for grouped layers, one group's GEMM operands.
+        Independent of the image size beyond one block, so a
         single huge image stays bounded. A non-contiguous ``x`` is copied once
         more (not counted: the engine passes contiguous arrays).
         """
@@ -1760,8 +1763,10 @@ class Winograd:
             work = [(0, b, b + 1) for b in range(len(blocks))]
             # U = G g G^T is computed in the GEMMs' (T, G, C, O) layout (which they run
             # markedly faster on than a transposed U); large weights split the channels
-            split = min(threads, g * c) if alpha**nd * g * c * o >= _PARALLEL_WEIGHT_ENTRIES else 1
-            weight_items = [(0, g * c * i // split, g * c * (i + 1) // split) for i in range(split)]
+            entries = alpha**nd * g * c * o
+            split = min(threads, g * c) if entries >= _PARALLEL_WEIGHT_ENTRIES else 1
+            weight_items = [(0, g * c * i // split, g * c * (i + 1) // split)
+                            for i in range(split)]
         parallel = compiled_parallel()
         slots = numba_threads(threads) if parallel else 1
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
@@ -1769,8 +1774,9 @@ class Winograd:
 
         out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
         ubuf = scratch("winograd.u", parts * points * g * c * o, dtype).reshape(parts, -1)
-        vbuf = scratch("winograd.v", slots * points * g * c * block_tiles, dtype).reshape(slots, -1)
-        mbuf = scratch("winograd.m", slots * points * g * o * block_tiles, dtype).reshape(slots, -1)
+        per_slot = points * block_tiles  # one block's V and M per thread
+        vbuf = scratch("winograd.v", slots * per_slot * g * c, dtype).reshape(slots, -1)
+        mbuf = scratch("winograd.m", slots * per_slot * g * o, dtype).reshape(slots, -1)
         pbuf = scratch("winograd.pair", slots * _pair_items(g, c, o, block_tiles),
                        dtype).reshape(slots, -1)
         shares = scratch("winograd.shares", (parts - 1) * out.size, dtype).reshape(parts - 1,
