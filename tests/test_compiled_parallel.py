@@ -70,9 +70,20 @@ def test_serial_builds_match_torch(two_threads, monkeypatch):
     monkeypatch.setattr(_kernels_numba, "MIN_MACS_PER_THREAD", 1 << 10)
     for actual, expected in zip(run_calls(1), expected_results(1)):
         assert_close_scaled(actual, expected, np.float64)
+    # the weight-gradient form of a 3x3 layer (its own driver)
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((3, 6, 20, 18)), rng.standard_normal((4, 6, 3, 3))
+    gy = rng.standard_normal((3, 4, 20, 18))
+    _, grad_w, _ = trueconv.conv_grad(gy, x, w, padding=1, needs=("weight",),
+                                      algorithm="winograd")
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(x).requires_grad_(False)
+    wt = torch.from_numpy(w).requires_grad_(True)
+    torch.nn.functional.conv2d(xt, wt, padding=1).backward(torch.from_numpy(gy))
+    assert_close_scaled(grad_w, wt.grad.numpy(), np.float64)
     assert not launches
-    assert "driver-serial" in winograd_module._COMPILED
-    assert "driver-1d-serial" in winograd_module._COMPILED
+    for key in ("driver-serial", "driver-1d-serial", "driver-wg-serial"):
+        assert key in winograd_module._COMPILED
 
 
 def test_parallel_builds_match_torch(two_threads, monkeypatch):

@@ -108,8 +108,7 @@ import numpy as np
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._pool import (LockedIterator, compiled_parallel, numba_threads, run_parallel, scratch,
-                    single_threaded_blas)
+from ._pool import compiled_parallel, numba_threads, run_parallel, scratch, single_threaded_blas
 
 _F = Fraction
 
@@ -1164,6 +1163,37 @@ def _driver_1d(parallel: bool = True) -> Any:
     return _COMPILED[key]
 
 
+def _weight_form_blocks(x5, lo_h, lo_w, btd, bth, btw, m, gy, blocks, acc, started, vbuf,
+                        ubuf, pbuf):  # pragma: no cover - compiled
+    # The weight-gradient form (Winograd._run_weight_form): per block (k, n0, n1, d0, d1, h0,
+    # h1, w0, w1) of group k's kernel tiles, V = B^T x B over the B images of the form's
+    # input x5 (G*N, B, 1, H, W), U = A gy A^T of the output gradient gy (N, G*O, ...), and
+    # per transform point M[t] (O x B) += U[t] (O x tiles) @ V[t] (tiles x B) into this
+    # thread's accumulators acc[slot] (T, G, O, B); started[slot, k] says whether
+    # acc[slot, :, k] holds a sum yet (a thread's first block of a group writes it directly).
+    t, g, o, b = acc.shape[1], acc.shape[2], acc.shape[3], acc.shape[4]
+    n = x5.shape[0] // g
+    for i in prange(blocks.shape[0]):
+        slot = _thread_id()
+        k = blocks[i, 0]
+        n0, n1, d0, d1 = blocks[i, 1], blocks[i, 2], blocks[i, 3], blocks[i, 4]
+        h0, h1, w0, w1 = blocks[i, 5], blocks[i, 6], blocks[i, 7], blocks[i, 8]
+        tiles = (n1 - n0) * (h1 - h0) * (w1 - w0)
+        v = vbuf[slot, :t * tiles * b].reshape(t, tiles, b)
+        _input_kernel(x5, 0, lo_h, lo_w, btd, bth, btw, 1, m, m, k * n + n0,
+                      k * n + n1, d0, d1, h0, h1, w0, w1, v, 0, -1, 1, 1, 1)
+        u = ubuf[slot, :t * o * tiles].reshape(t, o, tiles)
+        _gradient_kernel_compiled(gy, k * o, (k + 1) * o, n0, n1, h0, h1, w0, w1, u)
+        product = pbuf[slot, :o * b].reshape(o, b)
+        for p in range(t):
+            if started[slot, k] == 0:
+                np.dot(u[p], v[p], acc[slot, p, k])
+            else:
+                np.dot(u[p], v[p], product)
+                acc[slot, p, k] += product
+        started[slot, k] = 1
+
+
 _COMPILED: dict[str, Any] = {}
 prange = range
 
@@ -1237,6 +1267,23 @@ def _gradient_kernel() -> Any:
     """The compiled output-gradient transform of the weight-gradient form."""
     _kernels()
     return _COMPILED["gradient"]
+
+
+def _driver_weight_form(parallel: bool = True) -> Any:
+    """The compiled :func:`_weight_form_blocks`, parallel or serial (see :func:`_driver`)."""
+    key = "driver-wg-parallel" if parallel else "driver-wg-serial"
+    if key not in _COMPILED:
+        import numba as nb
+
+        compiled_parallel()  # starts Numba's threads (see _driver)
+        input_kernel, _ = _kernels()
+        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
+                         _input_kernel=input_kernel,
+                         _gradient_kernel_compiled=_COMPILED["gradient"])
+        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
+                                 nogil=True, boundscheck=False)(
+                                     _variant(_weight_form_blocks, parallel))
+    return _COMPILED[key]
 
 
 def numba_available() -> bool:
@@ -1699,10 +1746,7 @@ class Winograd:
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
             if is_weight_gradient_form(spec):
-                # the forward input transform over all points (explicit ints: Numba's
-                # specialization for omitted arguments ran 1.5x slower)
-                return self._run_weight_form(x, weight, spec, tile,
-                                             lambda *args: input_kernel(*args, 0, -1, 1, 1, 1))
+                return self._run_weight_form(x, weight, spec, tile)
             if not is_dilated(spec) or spec.spatial_ndim > 1:
                 return self._run(x, weight, spec, tile, input_kernel, output_kernel)
             phases = phase_spec(spec)  # 1-D: _run_1d runs on phase copies
@@ -1918,8 +1962,8 @@ class Winograd:
             padded = n * g * o * math.prod(q * m for q in grid)
         return (workers * per_worker + padded + t * g * o * b) * spec.itemsize
 
-    def _run_weight_form(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
-                         tile: int | None, input_kernel: Any) -> np.ndarray:
+    def _run_weight_form(self, x: np.ndarray, weight: np.ndarray,
+                         spec: ConvSpec, tile: int | None) -> np.ndarray:
         dtype = np.dtype(spec.dtype)
         m = self.tile_size(spec) if tile is None else tile
         t = (m + 2) ** 2
@@ -1940,7 +1984,6 @@ class Winograd:
         else:
             gy = np.ascontiguousarray(gy, dtype=dtype)
         (_, btd), (_, bth), (_, btw), _ = _call_transforms(m, 2, dtype)
-        gradient_kernel = _gradient_kernel()
 
         target, workers = self._weight_form_plan(spec, m)
         blocks = [(k, block) for k in range(g) for block in tile_blocks((n, 1, *grid), target)]
@@ -1948,45 +1991,24 @@ class Winograd:
         workers = min(workers, len(blocks))
         if not blocks or b == 0 or o == 0:  # no images, or an empty output: a zero gradient
             return np.zeros(spec.full_output_shape, dtype=dtype)
-        queue = LockedIterator(blocks)
-        sums: list[np.ndarray] = []
-
-        def worker() -> None:
-            # Each worker sums its blocks into its own M[t] (O x B per group), GEMM by GEMM:
-            # M[t] += U[t] (O x tiles) @ V[t] (tiles x B); the Ms are added at the end.
-            v_buffer = scratch("winograd.wg.v", t * block_tiles * b, dtype)
-            u_buffer = scratch("winograd.wg.u", t * o * block_tiles, dtype)
-            acc = scratch("winograd.wg.m", t * g * o * b, dtype).reshape(t, g, o, b)
-            product = None
-            started = [False] * g
-            for k, block in queue:
-                n0, n1, d0, d1, h0, h1, w0, w1 = block
-                tiles = (n1 - n0) * (h1 - h0) * (w1 - w0)
-                v = v_buffer[: t * tiles * b].reshape(t, tiles, b)
-                input_kernel(x5, *lows, btd, bth, btw, 1, m, m, k * n + n0, k * n + n1,
-                             d0, d1, h0, h1, w0, w1, v)
-                u = u_buffer[: t * o * tiles].reshape(t, o, tiles)
-                gradient_kernel(gy, k * o, (k + 1) * o, n0, n1, h0, h1, w0, w1, u)
-                if not started[k]:
-                    # a group's first block writes M directly: with large O x B and few tiles
-                    # (256->256 @14) the accumulation passes over M cost as much as the GEMMs
-                    np.matmul(u, v, out=acc[:, k])
-                    started[k] = True
-                    continue
-                if product is None:
-                    product = scratch("winograd.wg.p", t * o * b, dtype).reshape(t, o, b)
-                np.matmul(u, v, out=product)
-                acc[:, k] += product
+        parallel = compiled_parallel()
+        slots = numba_threads(workers) if parallel else 1
+        # per thread: its M accumulators (T, G, O, B), one block's V and U, one product
+        acc = scratch("winograd.wg.m", slots * t * g * o * b, dtype).reshape(slots, t, g, o, b)
+        started = np.zeros((slots, g), dtype=np.int64)
+        vbuf = scratch("winograd.wg.v", slots * t * block_tiles * b, dtype).reshape(slots, -1)
+        ubuf = scratch("winograd.wg.u", slots * t * o * block_tiles, dtype).reshape(slots, -1)
+        pbuf = scratch("winograd.wg.p", slots * o * b, dtype).reshape(slots, -1)
+        _driver_weight_form(parallel)(x5, lows[1], lows[2], btd, bth, btw, m, gy,
+                                      _int_table([(k, *block) for k, block in blocks], 9),
+                                      acc, started, vbuf, ubuf, pbuf)
+        # the threads' Ms added (one that never started a group holds garbage there)
+        total = None
+        for slot in range(slots):
             for k in range(g):
-                if not started[k]:
-                    acc[:, k] = 0
-            sums.append(acc)
-
-        run_parallel([worker] * workers)
-        # (the workers' Ms are their threads' scratch buffers: only read here, within the call)
-        total = sums[0] if len(sums) == 1 else np.add(sums[0], sums[1])
-        for part in sums[2:]:
-            total += part
+                if not started[slot, k]:
+                    acc[slot, :, k] = 0
+            total = acc[slot].copy() if total is None else np.add(total, acc[slot], out=total)
         # dW = G^T M G per (group, O, B): kron(G, G)^T (9 x T) @ M (T x G*O*B)
         kron = _call_transforms(m, 2, dtype)[3]
         out = (kron.T @ total.reshape(t, g * o * b)).reshape(3, 3, g * o, b)
