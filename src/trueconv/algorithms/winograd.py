@@ -1742,20 +1742,18 @@ class Winograd:
     def run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
             tile: int | None = None) -> np.ndarray:
         """Return the cross-correlation; ``tile`` forces F(2, 3) or F(4, 3)."""
-        input_kernel, output_kernel = _kernels()
         # Every BLAS call below is small: one BLAS thread per worker (see single_threaded_blas).
         with single_threaded_blas():
             if is_weight_gradient_form(spec):
                 return self._run_weight_form(x, weight, spec, tile)
             if not is_dilated(spec) or spec.spatial_ndim > 1:
-                return self._run(x, weight, spec, tile, input_kernel, output_kernel)
+                return self._run(x, weight, spec, tile)
             phases = phase_spec(spec)  # 1-D: _run_1d runs on phase copies
-            out = self._run(split_phases(x, spec, phases), weight, phases, tile,
-                            input_kernel, output_kernel)
+            out = self._run(split_phases(x, spec, phases), weight, phases, tile)
             return merge_phases(out, spec, phases)
 
-    def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec, tile: int | None,
-             input_kernel: Any, output_kernel: Any) -> np.ndarray:
+    def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
+             tile: int | None) -> np.ndarray:
         """The 2-D/3-D forward pass: one call of the compiled driver :func:`_forward`.
 
         The threads split the tile blocks (:meth:`_block_plan`) or, where there are too
