@@ -1200,7 +1200,7 @@ prange = range
 
 def _kernels() -> tuple[Any, Any]:
     """Compile (or load from Numba's on-disk cache) the two transform kernels."""
-    if not _COMPILED:
+    if "input" not in _COMPILED:
         import numba as nb
 
         # Serial kernels that release the GIL: the drivers below run them on their blocks.
