@@ -1,14 +1,14 @@
 """The worker threads and BLAS thread limit that the algorithms share.
 
-The compiled loops (Winograd's drivers, the direct stencil) fork and join inside
-Numba (``prange`` on its OpenMP or TBB threads, :func:`compiled_parallel`): no
-GIL, and threads that wait spinning between calls. The Python-level work items
-(im2col's images and column chunks, Winograd's weight-gradient blocks and 1-D
-dilation phases, FFT's tile runs, the direct GEMM path's images) run on one
-persistent pool, the first item in the calling thread; the BLAS users among them
-run each worker with a single BLAS thread: their matrix products are small, and
-OpenBLAS's own threads gain little on them and stall badly when the cores are
-shared.
+The compiled loops (Winograd's drivers, forward and weight-gradient, and the
+direct stencil) fork and join inside Numba (``prange`` on its OpenMP or TBB
+threads, :func:`compiled_parallel`): no GIL, and threads that wait spinning
+between calls. The Python-level work items (im2col's images and column chunks,
+Winograd's 1-D dilation phase copies, FFT's tile runs, the direct GEMM path's
+images) run on one persistent pool, the first item in the calling thread; the
+BLAS users among them run each worker with a single BLAS thread: their matrix
+products are small, and OpenBLAS's own threads gain little on them and stall
+badly when the cores are shared.
 """
 
 from __future__ import annotations
