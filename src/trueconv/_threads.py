@@ -118,18 +118,22 @@ def set_num_threads(n: int) -> None:
     apply_numba_threads()
 
 
-def apply_numba_threads() -> None:
-    """Set Numba's thread count to :func:`get_num_threads` if Numba is already in use.
+def apply_numba_threads(threads: int | None = None) -> int:
+    """Set Numba's thread count to ``threads`` (default :func:`get_num_threads`), capped at
+    Numba's maximum, if Numba is already in use; return the count set (1 without Numba).
 
     Numba is never imported here (it is slow to import); a compiled loop calls
     this just before its parallel launch, so the count applies to the calling
-    thread (Numba's setting is thread-local).
+    thread (Numba's setting is thread-local). ``numba.get_thread_id()`` inside the
+    launch is then below the returned count: per-thread scratch needs that many slots.
     """
     numba = sys.modules.get("numba")
     if numba is None:
-        return
+        return 1
     cap = int(numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(max(1, min(get_num_threads(), cap)))
+    count = max(1, min(get_num_threads() if threads is None else threads, cap))
+    numba.set_num_threads(count)
+    return count
 
 
 def blas_info() -> list[dict[str, Any]]:

@@ -81,8 +81,8 @@ import math
 import numba
 import numpy as np
 
-from .._threads import get_num_threads
-from ._pool import compiled_parallel, numba_threads
+from .._threads import apply_numba_threads, get_num_threads
+from ._pool import compiled_parallel
 
 #: Output columns per tile: long rows (1-D signals) are split so that both
 #: threads get work and a tile's buffers stay in L1/L2.
@@ -598,7 +598,7 @@ def correlate(
         # the pool).
         tasks = min(items, 4 * threads)
         bounds = np.array([items * i // tasks for i in range(tasks + 1)], dtype=np.int64)
-        numba_threads(threads)
+        apply_numba_threads(threads)
         with numba.parallel_chunksize(1):
             _correlate_parallel(*args, bounds)
     else:

@@ -23,8 +23,8 @@ import numpy as np
 
 from .._memory import get_memory_limit
 
-__all__ = ["LockedIterator", "compiled_parallel", "drain", "numba_threads", "run_parallel",
-           "scratch", "single_threaded_blas"]
+__all__ = ["LockedIterator", "compiled_parallel", "drain", "run_parallel", "scratch",
+           "single_threaded_blas"]
 
 
 class LockedIterator:
@@ -121,17 +121,6 @@ def _note_fork() -> None:  # pragma: no cover - runs in forked children
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_note_fork)
-
-
-def numba_threads(threads: int) -> int:
-    """Let the next parallel launch from this thread use ``threads`` Numba threads (capped at
-    Numba's maximum); return the count set. ``numba.get_thread_id()`` inside the launch is
-    then below it, so per-thread scratch needs that many slots."""
-    import numba
-
-    count = max(1, min(threads, int(numba.config.NUMBA_NUM_THREADS)))
-    numba.set_num_threads(count)
-    return count
 
 
 _SCHED_GETCPU: Any = None

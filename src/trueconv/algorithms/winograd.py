@@ -107,8 +107,8 @@ import numpy as np
 
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
-from .._threads import get_num_threads
-from ._pool import compiled_parallel, numba_threads, run_parallel, scratch, single_threaded_blas
+from .._threads import apply_numba_threads, get_num_threads
+from ._pool import compiled_parallel, run_parallel, scratch, single_threaded_blas
 
 _F = Fraction
 
@@ -995,10 +995,8 @@ def _kernels_1d() -> tuple[Any, Any]:
         import numba as nb
 
         # as in _kernels: serial, GIL-free kernels; fused multiply-adds, no reassociation
-        options = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
-                       boundscheck=False)
-        _COMPILED_1D["output"] = nb.njit(**options)(_output_transform_1d)
-        _COMPILED_1D["input"] = nb.njit(**options)(_input_transform_1d)
+        _COMPILED_1D["output"] = nb.njit(**_COMPILE_OPTIONS)(_output_transform_1d)
+        _COMPILED_1D["input"] = nb.njit(**_COMPILE_OPTIONS)(_input_transform_1d)
     return _COMPILED_1D["input"], _COMPILED_1D["output"]
 
 
@@ -1145,22 +1143,12 @@ def _forward_1d(x3, lo, bt, at, blocks, u, vbuf, mbuf, out):  # pragma: no cover
 
 def _driver_1d(parallel: bool = True) -> Any:
     """The compiled :func:`_forward_1d`, parallel or serial (see :func:`_driver`)."""
-    key = "driver-1d-parallel" if parallel else "driver-1d-serial"
-    if key not in _COMPILED:
-        import numba as nb
-
-        compiled_parallel()  # starts Numba's threads (see _driver)
-
+    def bindings() -> dict[str, Any]:
         input_kernel, output_kernel = _kernels_1d()
-        if "helpers-1d" not in _COMPILED:
-            _COMPILED["helpers-1d"] = nb.njit(parallel=False, cache=True, nogil=True,
-                                              boundscheck=False)(_products_1d)
-        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
-                         _input_kernel_1d=input_kernel, _output_kernel_1d=output_kernel,
-                         _products_1d_kernel=_COMPILED["helpers-1d"])
-        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
-                                 nogil=True, boundscheck=False)(_variant(_forward_1d, parallel))
-    return _COMPILED[key]
+        return dict(_input_kernel_1d=input_kernel, _output_kernel_1d=output_kernel,
+                    _products_1d_kernel=_helper("products-1d", _products_1d))
+
+    return _build_driver("driver-1d", _forward_1d, parallel, bindings)
 
 
 def _weight_form_blocks(x5, lo_h, lo_w, btd, bth, btw, m, gy, blocks, acc, started, vbuf,
@@ -1196,6 +1184,11 @@ def _weight_form_blocks(x5, lo_h, lo_w, btd, bth, btw, m, gy, blocks, acc, start
 
 _COMPILED: dict[str, Any] = {}
 prange = range
+#: Numba options of every kernel and driver here: GIL-free, cached on disk; fastmath only
+#: "contract" (fused multiply-adds: as accurate or more, and about 1.4x faster transforms),
+#: no reassociation, so the summation order is kept.
+_COMPILE_OPTIONS: dict[str, Any] = dict(cache=True, fastmath={"contract"}, nogil=True,
+                                        boundscheck=False)
 
 
 def _kernels() -> tuple[Any, Any]:
@@ -1204,13 +1197,9 @@ def _kernels() -> tuple[Any, Any]:
         import numba as nb
 
         # Serial kernels that release the GIL: the drivers below run them on their blocks.
-        # fastmath: only "contract" (fused multiply-adds: as accurate or more, and about 1.4x
-        # faster transforms); no reassociation, so the summation order is kept.
-        options = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
-                       boundscheck=False)
-        _COMPILED["input"] = nb.njit(**options)(_input_transform)
-        _COMPILED["output"] = nb.njit(**options)(_output_transform)
-        _COMPILED["gradient"] = nb.njit(**options)(_gradient_transform)
+        _COMPILED["input"] = nb.njit(**_COMPILE_OPTIONS)(_input_transform)
+        _COMPILED["output"] = nb.njit(**_COMPILE_OPTIONS)(_output_transform)
+        _COMPILED["gradient"] = nb.njit(**_COMPILE_OPTIONS)(_gradient_transform)
     return _COMPILED["input"], _COMPILED["output"]
 
 
@@ -1222,28 +1211,41 @@ def _driver(parallel: bool = True) -> Any:
     build takes some 10 s to compile (the transform kernels are optimized again inside
     it), so the serial one is built only where it is needed.
     """
-    key = "driver-parallel" if parallel else "driver-serial"
+    def bindings() -> dict[str, Any]:
+        input_kernel, output_kernel = _kernels()
+        return dict(_input_kernel=input_kernel, _output_kernel=output_kernel,
+                    _weight_rows_kernel=_helper("weight-rows", _weight_rows),
+                    _products_kernel=_helper("products", _products))
+
+    return _build_driver("driver", _forward, parallel, bindings)
+
+
+def _helper(name: str, function: Any) -> Any:
+    """``function`` compiled (serial), once."""
+    if name not in _COMPILED:
+        import numba as nb
+
+        _COMPILED[name] = nb.njit(parallel=False, **_COMPILE_OPTIONS)(function)
+    return _COMPILED[name]
+
+
+def _build_driver(name: str, function: Any, parallel: bool, bindings: Any) -> Any:
+    """Compile ``function`` (a driver whose loops are ``prange``), parallel or serial, once.
+
+    ``bindings()`` gives the compiled functions its source calls by global name: Numba
+    reads a function's globals when it compiles it, so they are bound first.
+    """
+    key = f"{name}-{'parallel' if parallel else 'serial'}"
     if key not in _COMPILED:
         import numba as nb
 
-        # The driver calls numba.get_thread_id, whose symbol comes from Numba's threading
+        # The drivers call numba.get_thread_id, whose symbol comes from Numba's threading
         # layer: its threads must be started before code loaded from the cache runs (a fresh
         # compilation starts them itself; a cached driver crashed without).
         compiled_parallel()
-        input_kernel, output_kernel = _kernels()
-        if "helpers" not in _COMPILED:
-            helpers = dict(parallel=False, cache=True, fastmath={"contract"}, nogil=True,
-                           boundscheck=False)
-            _COMPILED["helpers"] = (nb.njit(**helpers)(_weight_rows),
-                                    nb.njit(**helpers)(_products))
-        weight_rows, products = _COMPILED["helpers"]
-        # The names the driver's source calls, bound to compiled functions: Numba reads a
-        # function's globals when it compiles it.
-        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
-                         _input_kernel=input_kernel, _output_kernel=output_kernel,
-                         _weight_rows_kernel=weight_rows, _products_kernel=products)
-        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
-                                 nogil=True, boundscheck=False)(_variant(_forward, parallel))
+        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id, **bindings())
+        _COMPILED[key] = nb.njit(parallel=parallel, **_COMPILE_OPTIONS)(
+            _variant(function, parallel))
     return _COMPILED[key]
 
 
@@ -1271,19 +1273,11 @@ def _gradient_kernel() -> Any:
 
 def _driver_weight_form(parallel: bool = True) -> Any:
     """The compiled :func:`_weight_form_blocks`, parallel or serial (see :func:`_driver`)."""
-    key = "driver-wg-parallel" if parallel else "driver-wg-serial"
-    if key not in _COMPILED:
-        import numba as nb
-
-        compiled_parallel()  # starts Numba's threads (see _driver)
+    def bindings() -> dict[str, Any]:
         input_kernel, _ = _kernels()
-        globals().update(prange=nb.prange, _thread_id=nb.get_thread_id,
-                         _input_kernel=input_kernel,
-                         _gradient_kernel_compiled=_COMPILED["gradient"])
-        _COMPILED[key] = nb.njit(parallel=parallel, cache=True, fastmath={"contract"},
-                                 nogil=True, boundscheck=False)(
-                                     _variant(_weight_form_blocks, parallel))
-    return _COMPILED[key]
+        return dict(_input_kernel=input_kernel, _gradient_kernel_compiled=_COMPILED["gradient"])
+
+    return _build_driver("driver-wg", _weight_form_blocks, parallel, bindings)
 
 
 def numba_available() -> bool:
@@ -1810,7 +1804,7 @@ class Winograd:
             weight_items = [(0, g * c * i // split, g * c * (i + 1) // split)
                             for i in range(split)]
         parallel = compiled_parallel()
-        slots = numba_threads(threads) if parallel else 1
+        slots = apply_numba_threads(threads) if parallel else 1
         block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
         points = max((p1 - p0) * per for p0, p1, per in ranges)
 
@@ -1895,7 +1889,7 @@ class Winograd:
         np.matmul(gmat, taps.T, out=u)
         u = u.reshape(t, g, o, c)
         parallel = compiled_parallel()
-        slots = numba_threads(workers) if parallel else 1
+        slots = apply_numba_threads(workers) if parallel else 1
         vbuf = scratch("winograd.1d.v", slots * t * g * c * block_tiles, dtype).reshape(slots, -1)
         mbuf = scratch("winograd.1d.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
         # one compiled launch: the threads take whole blocks (transform in, products,
@@ -1990,7 +1984,7 @@ class Winograd:
         if not blocks or b == 0 or o == 0:  # no images, or an empty output: a zero gradient
             return np.zeros(spec.full_output_shape, dtype=dtype)
         parallel = compiled_parallel()
-        slots = numba_threads(workers) if parallel else 1
+        slots = apply_numba_threads(workers) if parallel else 1
         # per thread: its M accumulators (T, G, O, B), one block's V and U, one product
         acc = scratch("winograd.wg.m", slots * t * g * o * b, dtype).reshape(slots, t, g, o, b)
         started = np.zeros((slots, g), dtype=np.int64)
