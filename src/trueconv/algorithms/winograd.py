@@ -101,7 +101,7 @@ import os
 import sys
 import types
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -1490,6 +1490,37 @@ def _point_products(v: np.ndarray, u: np.ndarray, mm: np.ndarray) -> None:
                   out=mm.reshape(t, tiles, g, o).transpose(0, 2, 1, 3))
 
 
+class _ForwardLayout(NamedTuple):
+    """A 2-D/3-D forward call's tiling and the driver's read-only tables (Winograd._layout)."""
+
+    x_shape: tuple[int, ...]  # the input as 3-D (N, C, D, H, W)
+    out_shape: tuple[int, ...]
+    lows: tuple[int, int, int]  # leading zero pads per axis
+    transforms: tuple[np.ndarray, ...]  # B^T per axis D, H, W, then A^T per axis
+    kron: np.ndarray  # kron(Gd, Gh, Gw)
+    steps: tuple[int, int, int]  # output tile per axis
+    dilation: tuple[int, int, int]
+    blocks: np.ndarray  # (blocks, 8): n0, n1, d0, d1, h0, h1, w0, w1 in tiles
+    ranges: np.ndarray  # (parts, 3): the transform points of each part (point_ranges)
+    weight_items: np.ndarray  # (items, 3): part, first and stop (group, channel) pair
+    work: np.ndarray  # (items, 3): part, first and stop block
+    parts: int
+    threads: int
+    parallel: bool
+    block_tiles: int  # tiles in the largest block
+    points: int  # transform points in the largest part
+
+
+#: Layouts kept (Winograd._layout and _run_1d's); a model has a few dozen distinct layers.
+_LAYOUT_CACHE_SIZE = 256
+_LAYOUTS: dict[tuple[Any, ...], Any] = {}
+
+
+def clear_layout_cache() -> None:
+    """Forget the cached call layouts (they follow the module's tiling constants)."""
+    _LAYOUTS.clear()
+
+
 class Winograd:
     """Winograd F(2, 3) / F(4, 3) for 3-tap kernels in 1, 2 or 3 dimensions.
 
@@ -1746,43 +1777,28 @@ class Winograd:
             out = self._run(split_phases(x, spec, phases), weight, phases, tile)
             return merge_phases(out, spec, phases)
 
-    def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
-             tile: int | None) -> np.ndarray:
-        """The 2-D/3-D forward pass: one call of the compiled driver :func:`_forward`.
+    def _layout(self, spec: ConvSpec, tile: int | None) -> _ForwardLayout:
+        """The tiling of a 2-D/3-D forward call (:meth:`_run`), cached per problem and setting.
 
-        The threads split the tile blocks (:meth:`_block_plan`) or, where there are too
-        few tiles for a block per thread (:meth:`_point_plan`: batch-1 layers on small
-        images), the transform points: part ``k`` of the points whose index on the
-        outermost transformed axis lies in its range runs, for all tiles, its part of
-        every stage: its rows of ``U``, the input transform into its points, its GEMMs
-        (full ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the
-        output transform, a partial sum of the output; the shares are added at the end
-        (one pass over the output). Tile-block splitting gave each block a skinnier GEMM
-        and a full ``U`` to read, and a batch-1 layer ran slower on two threads than on
-        one.
+        Everything here follows from the problem, the thread count, the threading layer
+        and the memory limit; built per call it cost 50-80 us of Python, a tenth of a
+        batch-1 layer's 0.8 ms.
         """
-        if spec.spatial_ndim == 1:  # channels-first kernels of its own (_run_1d)
-            return self._run_1d(x, weight, spec, tile)
+        key = (spec, tile, get_num_threads(), compiled_parallel(), get_memory_limit())
+        found = _LAYOUTS.get(key)
+        if found is not None:
+            return found
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
         # A dilated problem is tiled as its phases (phase_spec: prod(dilation) undilated
         # images per image), which the kernels read from x and write to the output in place.
         phases = phase_spec(spec)
         m, alpha, grid = self._geometry(phases, tile)
-        g = spec.groups
-        c, o = spec.in_channels_per_group, spec.out_channels_per_group
-
-        # The kernels read the unpadded input; pads (and whole-tile rounding) are implicit zeros.
-        x5 = np.ascontiguousarray(x, dtype=dtype)
-        x5 = x5.reshape(spec.batch, spec.in_channels, *_as_3d(spec.input_shape, 1))
-        lows = _as_3d(tuple(lo for lo, _ in spec.pad_widths), 0)
-        dilation = _as_3d(spec.dilation, 1)
+        g, c, o = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
         # Per-axis transforms (leading untiled axes of 1-D/2-D problems get 1x1 identities)
         # and kron(Gd, Gh, Gw), built once per (m, nd, dtype).
         (atd, btd), (ath, bth), (atw, btw), kron = _call_transforms(m, nd, dtype)
-        steps = _as_3d((m,) * nd, 1)
         full_grid = (phases.batch, *_as_3d(grid, 1))
-
         parts, target = self._point_plan(phases, m)
         if parts > 1:  # the point split: one work item per part, all blocks each
             blocks = tile_blocks(full_grid, target)
@@ -1803,24 +1819,59 @@ class Winograd:
             split = min(threads, g * c) if entries >= _PARALLEL_WEIGHT_ENTRIES else 1
             weight_items = [(0, g * c * i // split, g * c * (i + 1) // split)
                             for i in range(split)]
-        parallel = compiled_parallel()
-        slots = apply_numba_threads(threads) if parallel else 1
-        block_tiles = max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4)) for b in blocks)
-        points = max((p1 - p0) * per for p0, p1, per in ranges)
+        found = _ForwardLayout(
+            x_shape=(spec.batch, spec.in_channels, *_as_3d(spec.input_shape, 1)),
+            out_shape=(spec.batch, g * o, *_as_3d(spec.output_shape, 1)),
+            lows=_as_3d(tuple(lo for lo, _ in spec.pad_widths), 0),
+            transforms=(btd, bth, btw, atd, ath, atw), kron=kron,
+            steps=_as_3d((m,) * nd, 1), dilation=_as_3d(spec.dilation, 1),
+            blocks=_int_table(blocks, 8), ranges=_int_table(ranges, 3),
+            weight_items=_int_table(weight_items, 3), work=_int_table(work, 3),
+            parts=parts, threads=threads, parallel=compiled_parallel(),
+            block_tiles=max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4))
+                            for b in blocks),
+            points=max((p1 - p0) * per for p0, p1, per in ranges))
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = found
+        return found
 
-        out = np.empty((spec.batch, g * o, *_as_3d(spec.output_shape, 1)), dtype=dtype)
-        ubuf = scratch("winograd.u", parts * points * g * c * o, dtype).reshape(parts, -1)
-        per_slot = points * block_tiles  # one block's V and M per thread
+    def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
+             tile: int | None) -> np.ndarray:
+        """The 2-D/3-D forward pass: one call of the compiled driver :func:`_forward`.
+
+        The threads split the tile blocks (:meth:`_block_plan`) or, where there are too
+        few tiles for a block per thread (:meth:`_point_plan`: batch-1 layers on small
+        images), the transform points: part ``k`` of the points whose index on the
+        outermost transformed axis lies in its range runs, for all tiles, its part of
+        every stage: its rows of ``U``, the input transform into its points, its GEMMs
+        (full ``(tiles, C) @ (C, O)`` products, not thinner ones) and its share of the
+        output transform, a partial sum of the output; the shares are added at the end
+        (one pass over the output). Tile-block splitting gave each block a skinnier GEMM
+        and a full ``U`` to read, and a batch-1 layer ran slower on two threads than on
+        one.
+        """
+        if spec.spatial_ndim == 1:  # channels-first kernels of its own (_run_1d)
+            return self._run_1d(x, weight, spec, tile)
+        dtype = np.dtype(spec.dtype)
+        lay = self._layout(spec, tile)
+        g = spec.groups
+        c, o = spec.in_channels_per_group, spec.out_channels_per_group
+        # The kernels read the unpadded input; pads (and whole-tile rounding) are implicit zeros.
+        x5 = np.ascontiguousarray(x, dtype=dtype).reshape(lay.x_shape)
+        slots = apply_numba_threads(lay.threads) if lay.parallel else 1
+        out = np.empty(lay.out_shape, dtype=dtype)
+        ubuf = scratch("winograd.u", lay.parts * lay.points * g * c * o, dtype)
+        per_slot = lay.points * lay.block_tiles  # one block's V and M per thread
         vbuf = scratch("winograd.v", slots * per_slot * g * c, dtype).reshape(slots, -1)
         mbuf = scratch("winograd.m", slots * per_slot * g * o, dtype).reshape(slots, -1)
-        pbuf = scratch("winograd.pair", slots * _pair_items(g, c, o, block_tiles),
+        pbuf = scratch("winograd.pair", slots * _pair_items(g, c, o, lay.block_tiles),
                        dtype).reshape(slots, -1)
-        shares = scratch("winograd.shares", (parts - 1) * out.size, dtype).reshape(parts - 1,
-                                                                               out.size)
-        _driver(parallel)(x5, *lows, btd, bth, btw, atd, ath, atw, *steps, *dilation,
-                          _int_table(blocks, 8), _weight_taps(weight, spec), kron,
-                          _int_table(ranges, 3), _int_table(weight_items, 3),
-                          _int_table(work, 3), ubuf, vbuf, mbuf, pbuf, shares, out)
+        shares = scratch("winograd.shares", (lay.parts - 1) * out.size, dtype)
+        _driver(lay.parallel)(x5, *lay.lows, *lay.transforms, *lay.steps, *lay.dilation,
+                              lay.blocks, _weight_taps(weight, spec), lay.kron, lay.ranges,
+                              lay.weight_items, lay.work, ubuf.reshape(lay.parts, -1), vbuf,
+                              mbuf, pbuf, shares.reshape(lay.parts - 1, out.size), out)
         return out.reshape(spec.full_output_shape)
 
     # -- the 1-D path ---------------------------------------------------------------
@@ -1867,7 +1918,19 @@ class Winograd:
         queue, one BLAS thread each.
         """
         dtype = np.dtype(spec.dtype)
-        m = self._tile_size_1d(spec) if tile is None else tile
+        # the tiling follows from the problem and the settings: cached (see _layout)
+        key = ("1d", spec, tile, get_num_threads(), compiled_parallel(), get_memory_limit())
+        found = _LAYOUTS.get(key)
+        if found is None:
+            m = self._tile_size_1d(spec) if tile is None else tile
+            target, workers = self._block_plan_1d(spec, m)
+            blocks = blocks_1d(spec.batch, tile_grid(spec.output_shape, m)[0], target, workers)
+            block_tiles = max([(b[1] - b[0]) * (b[3] - b[2]) for b in blocks], default=0)
+            found = (m, _int_table(blocks, 4), block_tiles, min(workers, len(blocks)))
+            if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = found
+        m, blocks, block_tiles, workers = found
         t = m + 2
         n, g = spec.batch, spec.groups
         c, o = spec.in_channels_per_group, spec.out_channels_per_group
@@ -1875,12 +1938,8 @@ class Winograd:
         x3 = np.ascontiguousarray(x, dtype=dtype).reshape(n, g * c, spec.input_shape[0])
         at, bt, gmat = _transforms_1d(m, dtype)
         out = np.empty(spec.full_output_shape, dtype=dtype)
-        target, workers = self._block_plan_1d(spec, m)
-        blocks = blocks_1d(n, tile_grid(spec.output_shape, m)[0], target, workers)
-        if not blocks:
+        if not len(blocks):
             return out
-        block_tiles = max((b[1] - b[0]) * (b[3] - b[2]) for b in blocks)
-        workers = min(workers, len(blocks))
 
         # U[t] = G g: one (T, 3) @ (3, G*O*C) product, the taps read in place (transposed
         # BLAS operand), laid out (T, G, O, C) for the GEMMs
@@ -1894,7 +1953,7 @@ class Winograd:
         mbuf = scratch("winograd.1d.m", slots * t * g * o * block_tiles, dtype).reshape(slots, -1)
         # one compiled launch: the threads take whole blocks (transform in, products,
         # transform out), one BLAS thread each (see _driver)
-        _driver_1d(parallel)(x3, lo, bt, at, _int_table(blocks, 4), u, vbuf, mbuf, out)
+        _driver_1d(parallel)(x3, lo, bt, at, blocks, u, vbuf, mbuf, out)
         return out
 
     # -- the weight-gradient form ----------------------------------------------
