@@ -317,18 +317,44 @@ def _input_transform(x, lo_d, lo_h, lo_w, btd, bth, btw, md, mh, mw,
                             band[z, y, xx, c] = x[n, c, sz, sy, sx]
         for td in range(d1 - d0):
             # stage D over whole band planes (skipped for 1-D and 2-D problems)
+            # (alpha 6 and 4 written out, as stages H and W below: a zero-and-accumulate
+            # pass per nonzero coefficient through the whole plane made 3-D F(4, 3) input
+            # transforms twice as slow)
+            z0 = td * md
             for a in range(sa0 if ad > 1 else 0, sa1 if ad > 1 else 0):
-                for y in range(bh):
-                    for xx in range(bw):
-                        for c in range(nc):
-                            t1[a, y, xx, c] = 0
-                for j in range(ad):
-                    b = btd[a, j]
-                    if b != 0:
-                        for y in range(bh):
-                            for xx in range(bw):
-                                for c in range(nc):
-                                    t1[a, y, xx, c] += b * band[td * md + j, y, xx, c]
+                if ad == 6:
+                    b0, b1, b2 = btd[a, 0], btd[a, 1], btd[a, 2]
+                    b3, b4, b5 = btd[a, 3], btd[a, 4], btd[a, 5]
+                    for y in range(bh):
+                        for xx in range(bw):
+                            for c in range(nc):
+                                t1[a, y, xx, c] = (b0 * band[z0, y, xx, c]
+                                                   + b1 * band[z0 + 1, y, xx, c]
+                                                   + b2 * band[z0 + 2, y, xx, c]
+                                                   + b3 * band[z0 + 3, y, xx, c]
+                                                   + b4 * band[z0 + 4, y, xx, c]
+                                                   + b5 * band[z0 + 5, y, xx, c])
+                elif ad == 4:
+                    b0, b1, b2, b3 = btd[a, 0], btd[a, 1], btd[a, 2], btd[a, 3]
+                    for y in range(bh):
+                        for xx in range(bw):
+                            for c in range(nc):
+                                t1[a, y, xx, c] = (b0 * band[z0, y, xx, c]
+                                                   + b1 * band[z0 + 1, y, xx, c]
+                                                   + b2 * band[z0 + 2, y, xx, c]
+                                                   + b3 * band[z0 + 3, y, xx, c])
+                else:
+                    for y in range(bh):
+                        for xx in range(bw):
+                            for c in range(nc):
+                                t1[a, y, xx, c] = 0
+                    for j in range(ad):
+                        b = btd[a, j]
+                        if b != 0:
+                            for y in range(bh):
+                                for xx in range(bw):
+                                    for c in range(nc):
+                                        t1[a, y, xx, c] += b * band[z0 + j, y, xx, c]
             src = t1 if ad > 1 else band
             for th in range(h1 - h0):
                 for a in range(sa0, sa1):
@@ -537,6 +563,29 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out,
                 for z in range(min(md, cd - td * md)):
                     if ad == 1:
                         res = r2[0]
+                    elif sa1 - sa0 == 6:  # (written out, as stage D of _input_transform)
+                        b0, b1, b2 = atd[z, 0], atd[z, 1], atd[z, 2]
+                        b3, b4, b5 = atd[z, 3], atd[z, 4], atd[z, 5]
+                        for vv in range(mh):
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r3[vv, col, o] = (b0 * r2[0, vv, col, o]
+                                                      + b1 * r2[1, vv, col, o]
+                                                      + b2 * r2[2, vv, col, o]
+                                                      + b3 * r2[3, vv, col, o]
+                                                      + b4 * r2[4, vv, col, o]
+                                                      + b5 * r2[5, vv, col, o])
+                        res = r3
+                    elif sa1 - sa0 == 4 and ad == 4:
+                        b0, b1, b2, b3 = atd[z, 0], atd[z, 1], atd[z, 2], atd[z, 3]
+                        for vv in range(mh):
+                            for col in range(cw * mw):
+                                for o in range(no):
+                                    r3[vv, col, o] = (b0 * r2[0, vv, col, o]
+                                                      + b1 * r2[1, vv, col, o]
+                                                      + b2 * r2[2, vv, col, o]
+                                                      + b3 * r2[3, vv, col, o])
+                        res = r3
                     else:
                         for vv in range(mh):
                             for col in range(cw * mw):
