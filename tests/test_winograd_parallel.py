@@ -147,6 +147,38 @@ def test_tile_blocks_and_parallel_weight_transform(shape, threads, monkeypatch):
     assert_close_scaled(out, torch_conv(x, w, padding=1, groups=2), np.float64)
 
 
+@pytest.mark.parametrize("split", ["one thread", "points", "blocks"])
+def test_blocked_weight_gather_of_wide_weights(split, threads, monkeypatch):
+    """Taps spanning WEIGHT_GATHER_STRIDE bytes per output channel take the blocked gather
+    (_weight_block_rows): channel blocks cut at group ends and at the threads' channel
+    ranges (split inside a group here), output channels past the last 16-wide run, every
+    point range from one gather, and the block split. float64, so that 118 channels per
+    group cross the stride."""
+    groups, c, o = 3, 118, 21
+    assert c * 9 * 8 >= winograd_module.WEIGHT_GATHER_STRIDE > c * 9 * 4
+    monkeypatch.setattr(winograd_module, "_PARALLEL_WEIGHT_ENTRIES", 0)
+    if split == "blocks":
+        monkeypatch.setattr(winograd_module, "MIN_SPLIT_TILES", 2)
+        monkeypatch.setattr(winograd_module, "MIN_BLOCK_TILES", 2)
+        monkeypatch.setattr(winograd_module, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1 if split == "points" else 4, groups * c, 6, 5))
+    w = rng.standard_normal((groups * o, c, 3, 3))
+    threads(1 if split == "one thread" else 2)
+    spec = spec_of(x, w, 1, groups=groups)
+    for tile in winograd_module.TILE_SIZES:
+        if split != "one thread":
+            parts = WINOGRAD._point_plan(spec, tile)[0]
+            assert (parts == 2) == (split == "points")
+        out = WINOGRAD.run(x, w, spec, tile=tile)
+        assert_close_scaled(out, torch_conv(x, w, padding=1, groups=groups), np.float64)
+    # float32 at 256 channels, the benchmark's 256 @14 layers
+    x32 = rng.standard_normal((1, 256, 4, 4)).astype(np.float32)
+    w32 = rng.standard_normal((20, 256, 3, 3)).astype(np.float32)
+    out = trueconv.conv(x32, w32, padding=1, algorithm="winograd")
+    assert_close_scaled(out, torch_conv(x32, w32, padding=1), np.float32)
+
+
 def test_partial_kernels_sum_to_the_output():
     """The compiled kernels' point ranges: each range's share, summed, is the full output
     (checked against torch, not against the unsplit kernels)."""
