@@ -210,3 +210,29 @@ def test_auto_plans_winograd_on_the_benchmark_row():
     spec = weight_gradient_spec(forward, forward.output_shape)
     assert _planner.choose(spec).algorithm == "winograd"
     assert _planner.cost_features(spec, "winograd")[1] < _planner.cost_features(spec, "im2col")[0]
+
+
+@pytest.mark.parametrize("where", ["x", "grad_output"])
+def test_non_finite_data_get_the_exact_weight_gradient(where, weight_form_calls):
+    """auto runs the weight-gradient form and checks its kernel-sized output instead of the
+    data: NaN/Inf in the data leave NaN/Inf there, and the gradient is then computed again by
+    an exact algorithm, with NaN/Inf where float64 autograd has them (the transform would
+    have spread them over whole tiles)."""
+    g, x, w = problem(2, 2, 64, 64, (56, 56), 1, dtype=np.float32)
+    trueconv.conv_grad(g, x, w, padding=1, needs=("weight",))
+    assert len(weight_form_calls) == 1, "auto should take the weight form on this shape"
+    if where == "x":
+        x[1, 5, 10, 11] = np.nan
+    else:
+        g[0, 7, 4, 0] = np.inf
+    with np.errstate(invalid="ignore"):  # Inf * 0 (the pads) in the exact products
+        _, gw, _ = trueconv.conv_grad(g, x, w, padding=1, needs=("weight",))
+    assert len(weight_form_calls) == 2  # the transform ran; its result was not kept
+    with np.errstate(invalid="ignore"):
+        expected = torch_weight_grad(g.astype(np.float64), x.astype(np.float64),
+                                     w.astype(np.float64), 1)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected))
+    assert 0 < np.isfinite(expected).sum() < expected.size
+    finite = np.isfinite(expected)
+    assert_close_scaled(gw[finite], expected[finite], np.float32)

@@ -158,11 +158,16 @@ def _leave_cpu(cpu: int) -> set[int] | None:
 
 
 def _off_caller_cpu(task: Any, caller: int) -> Any:
-    """``task`` wrapped to run off the caller's CPU, the thread's CPU mask restored afterwards."""
+    """``task`` wrapped to run off the caller's CPU, the thread's CPU mask restored afterwards,
+    under the caller's NumPy floating-point error settings (``np.errstate`` is per thread:
+    a caller's ``invalid="ignore"`` did not reach the pool threads doing its products)."""
+    errors = np.geterr()
+
     def run() -> None:
         mask = _leave_cpu(caller)
         try:
-            task()
+            with np.errstate(**errors):
+                task()
         finally:
             if mask is not None:
                 os.sched_setaffinity(0, mask)
