@@ -20,7 +20,7 @@ import pytest
 
 import trueconv
 from references import assert_close_scaled, conv_reference
-from trueconv import _calibration, _planner, _threads
+from trueconv import _api, _calibration, _engine, _planner, _threads
 from trueconv._api import conv_with_plan
 from trueconv._planner import DataFacts, choose, eligibility
 from trueconv._spec import ConvSpec
@@ -104,6 +104,28 @@ def test_non_finite_data_never_goes_to_a_transform(prefer_transforms, rng, bad, 
     # NaN/Inf stay inside the kernel's footprint, exactly as the direct sum has them
     with np.errstate(invalid="ignore"):
         assert_close_scaled(out, conv_reference(x, w, pad_widths=((1, 1), (1, 1))), np.float64)
+
+
+@pytest.mark.parametrize("transform", sorted(TRANSFORMS))
+def test_nan_under_zero_weights_reaches_the_transform_output(monkeypatch, rng, transform):
+    """auto checks a transform's output for NaN/Inf instead of its data where the output is
+    smaller (engine.execute): that relies on NaN/Inf data reaching the output even where
+    every weight they meet is zero, as 0 * NaN does in the direct sum."""
+    monkeypatch.setattr(_planner, "predict_seconds",
+                        lambda spec, name, batch_chunk=None: 1e-6 if name == transform else 1.0)
+    x = rng.standard_normal((1, 3, 12, 12))
+    w = rng.standard_normal((3, 3, 3, 3))
+    assert _engine._check_output_instead(x, w, _api.prepare_conv(
+        x, w, None, 1, 1, 1, 1, "zeros", "correlation", "auto", "conv")[3])
+    assert conv_with_plan(x, w, padding=1)[1].algorithm == transform
+    w[:, 1] = 0
+    x[0, 1, 5, 6] = np.nan
+    with np.errstate(invalid="ignore"):
+        out, plan = conv_with_plan(x, w, padding=1)
+        expected = conv_reference(x, w, pad_widths=((1, 1), (1, 1)))
+    assert plan.algorithm in EXACT and "NaN or Inf" in plan.reason
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    assert np.isnan(expected).sum() == 3 * 9
 
 
 def test_signal_api_with_nan_stays_exact(prefer_transforms, rng):
