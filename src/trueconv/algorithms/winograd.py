@@ -170,7 +170,7 @@ CHUNK_BYTES = 2 * 2**20
 #: ... but a block needs enough tiles (GEMM rows) for BLAS to run near its peak.
 MIN_BLOCK_TILES = 128
 #: The weight-gradient form's blocks hold at least this many tiles (its GEMMs' reduction axis).
-WG_MIN_BLOCK_TILES = 512
+WG_MIN_BLOCK_TILES = 128
 #: Work is spread over threads only in blocks of at least this many tiles: each block re-reads
 #: all of U, runs a skinnier GEMM and pays a thread hand-off (30-120 us on this VM). Batch-1
 #: layers of 128 channels @28 and 256 @14 ran about 1.4x slower on 2 threads than on 1 without
@@ -1664,11 +1664,11 @@ class Winograd:
     with a wide margin and makes :meth:`tile_size` fall back to F(2, 3) past a
     reduction of about 25,000 (e.g. batch 128 at 56x56). 64->64 channels @56
     batch 1/8 is 3x3 F(4, 3); speed (float32 weight gradient, ms, one thread /
-    two, busy shared 2-core VM): batch 8 64->64 @56 15.5 / 10.7 (im2col's
-    flat-shift path 28 / 15, torch 13.4 / 7.9); 128->128 @28 12.5 / 7.1
-    (im2col 18 / 11, torch 12.4 / 6.3); 256->256 @14 16 / 12.7 (im2col 17 /
-    10.5): many channels on few tiles make the ``O x C`` accumulators as
-    costly as the GEMMs, so the planner keeps im2col there and at 512 @7.
+    two, busy shared 2-core VM): batch 8 64->64 @56 10.4 / 6.0-6.6 (im2col's
+    flat-shift path 28 / 15, torch 13.4 / 7.9); two threads: 128->128 @28 5.8
+    (im2col 6.1), 256->256 @14 13.4 (im2col 15.1): many channels on few tiles
+    make the ``O x C`` accumulators as costly as the GEMMs; the planner's cost
+    model keeps im2col there and at 512 @7.
 
     Examples
     --------
@@ -2069,8 +2069,10 @@ class Winograd:
         total = spec.groups * spec.in_channels_per_group * math.prod(grid)
         per_tile = (m + 2) ** 2 * (spec.batch + spec.out_channels_per_group) * spec.itemsize
         # the tiles are the GEMMs' reduction axis: long blocks amortize each block's
-        # accumulation into M (O x B per point) and the per-call overhead (512-tile blocks ran
-        # about 10% faster than 196-tile ones on 3x3 64->64 @56)
+        # accumulation into M (O x B per point), but a block's V and U must stay in cache
+        # between its transforms and its GEMMs: 512-tile blocks (9.4 MB at 64 -> 64) ran
+        # 8.1-8.4 ms against 6.0-6.6 for 128-256 tiles (3x3 64->64 @56 batch 8, two threads,
+        # blocks of calls; one thread 13.7 vs 9.8-10.4)
         tiles = max(CHUNK_BYTES // per_tile, WG_MIN_BLOCK_TILES)
         tiles = max(1, min(tiles, get_memory_limit() // (8 * per_tile)))
         threads = max(1, get_num_threads())
