@@ -42,7 +42,7 @@ def path_of(spec) -> str:
     images, rows = im2col_module.column_chunk(spec)
     if im2col_module.output_positions(spec) < im2col_module.THIN_POSITIONS and \
             rows == spec.output_shape[0]:
-        return "shared"
+        return "shifted" if im2col_module._shifted_gather(spec) else "shared"
     return "wide" if im2col_module.plane_geometry(spec).wide else "exact"
 
 
@@ -67,8 +67,14 @@ CASES = [
     ((2, 2, 9, 40, 41), (3, 2, 3, 3, 3), dict(stride=2, padding=1), "wide"),
     ((2, 5, 30, 27), (4, 5, 3, 3), dict(), "exact"),  # stride 1 unpadded: read in place
     ((1, 4, 33, 29), (6, 2, 3, 2), dict(dilation=2, groups=2), "exact"),
-    ((1, 4, 7, 7), (6, 4, 3, 3), dict(padding=1), "shared"),
-    ((3, 4, 7, 7), (6, 2, 3, 3), dict(padding=1, groups=2), "shared"),
+    ((1, 4, 7, 7), (6, 4, 3, 3), dict(padding=1), "shifted"),
+    ((3, 4, 7, 7), (6, 2, 3, 3), dict(padding=1, groups=2), "shifted"),
+    ((2, 3, 9, 8), (4, 3, 4, 2), dict(padding=((1, 2), (0, 1))), "shifted"),  # asymmetric
+    ((2, 3, 12, 5), (4, 3, 5, 3), dict(padding=(2, 1)), "shifted"),
+    ((2, 3, 50), (4, 3, 5), dict(padding=2), "shifted"),
+    ((2, 3, 30), (4, 3, 3), dict(padding="same", dilation=2), "shared"),
+    ((1, 4, 7, 7), (6, 4, 3, 3), dict(), "shared"),
+    ((2, 4, 9, 9), (5, 4, 3, 3), dict(padding=1, stride=2), "shared"),
     ((2, 6, 20, 18), (4, 6, 1, 1), dict(), "pointwise"),
 ]
 
@@ -95,6 +101,27 @@ def test_integers_are_exact_and_complex_matches() -> None:
     wc = rng.standard_normal((3, 2, 3, 3)) - 1j * rng.standard_normal((3, 2, 3, 3))
     outc = trueconv.conv(xc, wc, stride=2, padding=1, algorithm="im2col")
     assert_close_scaled(outc, torch_conv(xc, wc, stride=2, padding=1), dtype=np.complex128)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.complex128, np.float32])
+def test_shifted_gather_in_batch_chunks(dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled shifted-plane gather on chunks of images (n0 > 0), integers exactly."""
+    # room for the columns of two and a half images: chunks of two
+    per_image = 3 * 9 * 30 * np.dtype(dtype).itemsize
+    monkeypatch.setattr(im2col_module, "THIN_COLUMN_BYTES", per_image * 5 // 2)
+    rng = np.random.default_rng(8)
+    x = rng.integers(-9, 9, (5, 3, 6, 5)).astype(dtype)
+    w = rng.integers(-9, 9, (4, 3, 3, 3)).astype(dtype)
+    if dtype == np.complex128:
+        x = x + 1j * rng.integers(-9, 9, x.shape)
+    spec = spec_for(x, w, padding=1)
+    assert path_of(spec) == "shifted" and 1 < im2col_module.column_chunk(spec)[0] < 5
+    out = trueconv.conv(x, w, padding=1, algorithm="im2col")
+    expected = conv_reference(x, w, pad_widths=((1, 1), (1, 1)))
+    if dtype == np.int64:
+        np.testing.assert_array_equal(out, expected)
+    else:
+        assert_close_scaled(out, expected, dtype=dtype)
 
 
 def test_phase_holding_only_padding() -> None:

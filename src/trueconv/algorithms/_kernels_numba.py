@@ -503,6 +503,66 @@ def _copy(target, source):  # pragma: no cover - compiled
         target[j] = source[j]
 
 
+@numba.njit(cache=True, fastmath=False, nogil=True)
+def _gather_shifted(x, cols, n0, pad_top, pad_left):  # pragma: no cover - compiled
+    # im2col's columns of images n0 : n0 + NB for stride 1, dilation 1 and an output plane
+    # the shape of the input's (H x W, "same" pads): cols (C, KH, KW, NB, H, W)[c, i, j, n]
+    # is plane x[n0 + n, c] shifted by (i - pad_top, j - pad_left), zero where that reads
+    # outside it. Flat, that is one contiguous copy at offset (i - pad_top) * W + (j -
+    # pad_left), then the columns that wrapped into the neighbouring row set to zero.
+    nc, kh, kw, nb, h, w = cols.shape
+    plane = h * w
+    nx = x.shape[1]
+    cf = cols.reshape(cols.size)
+    xf = x.reshape(x.size)
+    for c in range(nc):
+        for i in range(kh):
+            for j in range(kw):
+                dy, dx = i - pad_top, j - pad_left
+                shift = dy * w + dx
+                lo = min(plane, max(0, -shift))
+                hi = max(lo, min(plane, plane - shift))
+                for n in range(nb):
+                    # flat, non-negative offsets (no negative-index wraparound in the loops)
+                    d0 = np.uint64((((c * kh + i) * kw + j) * nb + n) * plane)
+                    s0 = np.uint64(((n0 + n) * nx + c) * plane + lo + shift)
+                    for q in range(lo):
+                        cf[d0 + np.uint64(q)] = 0
+                    dl = d0 + np.uint64(lo)
+                    for q in range(hi - lo):
+                        cf[dl + np.uint64(q)] = xf[s0 + np.uint64(q)]
+                    for q in range(hi, plane):
+                        cf[d0 + np.uint64(q)] = 0
+                    if dx > 0:
+                        for y in range(h):
+                            for z in range(max(0, w - dx), w):
+                                cf[d0 + np.uint64(y * w + z)] = 0
+                    elif dx < 0:
+                        for y in range(h):
+                            for z in range(min(w, -dx)):
+                                cf[d0 + np.uint64(y * w + z)] = 0
+
+
+def gather_windows(x: np.ndarray, cols: np.ndarray, n0: int,
+                   pad_before: tuple[int, ...]) -> None:
+    """im2col's columns ``cols (C, *K, NB, *S)`` of images ``n0 : n0 + NB`` of a contiguous
+    ``x (N, C, *S)``, 1-D or 2-D, for stride 1, dilation 1 and an output plane the shape
+    of the input's (the zero pads ``pad_before`` and those after implicit): every column
+    row is the input plane shifted, one contiguous copy per plane and tap
+    (:func:`_gather_shifted`).
+
+    NumPy's copy of the strided window view ran its inner loop over one output row (7
+    elements at 7x7) after a zero-padded copy of the input: 512->512 @7 batch 8 spent
+    1.9 + 0.3 ms of its 8.7 there, 0.6 ms in this gather. (Its indices are unsigned: with
+    signed ones Numba guards every access against negative wraparound, and the first
+    version of this loop ran 4x slower than NumPy.)
+    """
+    if x.ndim == 3:  # 1-D as 2-D with one row
+        x, cols = x[:, :, np.newaxis], cols[:, np.newaxis, :, :, np.newaxis]
+        pad_before = (0, *pad_before)
+    _gather_shifted(x, cols, n0, pad_before[0], pad_before[1])
+
+
 def in_place_eligible(kernel_shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     """Whether tile interiors are computed in place: stride 1 in H and W, a small kernel plane."""
     k_h = kernel_shape[-2] if len(kernel_shape) > 1 else 1

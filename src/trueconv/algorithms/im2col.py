@@ -105,6 +105,24 @@ FLAT_SHIFT_BYTES = 32 * 2**20
 FLAT_SHIFT_PARALLEL_MACS = 1 << 24
 
 
+@functools.lru_cache(maxsize=1)
+def _compiled_gather():  # noqa: ANN202
+    """The compiled column gather (``_kernels_numba.gather_windows``), or None without Numba."""
+    try:
+        from ._kernels_numba import gather_windows
+    except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without it
+        return None
+    return gather_windows
+
+
+def _shifted_gather(spec: ConvSpec) -> bool:
+    """Whether the shared-GEMM columns come from the compiled shifted-plane gather: 1-D or
+    2-D, stride 1, dilation 1, output plane = input plane ("same" pads), Numba present."""
+    return (spec.spatial_ndim <= 2 and spec.output_shape == spec.input_shape
+            and all(s == 1 for s in spec.stride) and all(d == 1 for d in spec.dilation)
+            and _compiled_gather() is not None)
+
+
 def is_pointwise(spec: ConvSpec) -> bool:
     """1x1 kernel, stride 1, no padding: the convolution is a GEMM on the input as it is."""
     return spec.kernel_size == 1 and all(s == 1 for s in spec.stride) and \
@@ -447,6 +465,8 @@ class Im2col:
             return self._run_flat_shift(x, weight, spec)
         images, rows = column_chunk(spec)
         if p < THIN_POSITIONS and rows == spec.output_shape[0]:
+            if _shifted_gather(spec):
+                return self._run_shared_gemm(x, w, out, images, spec, compiled=True)
             x_padded = grouped(zero_pad(x, spec), spec)  # (N, G, C, *padded)
             return self._run_shared_gemm(x_padded, w, out, images, spec)
         if n and p:
@@ -592,23 +612,31 @@ class Im2col:
             drain(work, workers)
 
     @staticmethod
-    def _run_shared_gemm(x_padded: np.ndarray, w: np.ndarray, out: np.ndarray, images: int,
-                         spec: ConvSpec) -> np.ndarray:
-        """Few output positions, many taps: the images of a chunk share one wide GEMM."""
+    def _run_shared_gemm(x: np.ndarray, w: np.ndarray, out: np.ndarray, images: int,
+                         spec: ConvSpec, compiled: bool = False) -> np.ndarray:
+        """Few output positions, many taps: the images of a chunk share one wide GEMM.
+
+        ``x`` is the zero-padded input grouped (N, G, C, *padded), or with ``compiled``
+        the input itself, whose columns the compiled gather copies, pads implicit.
+        """
         n, g = spec.batch, spec.groups
         c, o, k = spec.in_channels_per_group, spec.out_channels_per_group, spec.kernel_size
         p = output_positions(spec)
         nd = spec.spatial_ndim
-        lead = x_padded.ndim - nd  # N, G, C
-        # Every window at once as a strided view (N, G, C, *out, *kernel); NumPy's copy loop
-        # then gathers them whatever the ratio of taps to positions.
-        windows = sliding_window_view(x_padded, spec.effective_kernel_shape,
-                                      axis=tuple(range(lead, lead + nd)))
-        windows = windows[(Ellipsis, *(slice(None, None, s) for s in spec.stride),
-                           *(slice(None, None, d) for d in spec.dilation))]
-        # -> (G, C, *kernel, N, *out): rows C*K, columns images*P
-        order = (1, 2, *range(lead + nd, lead + 2 * nd), 0, *range(lead, lead + nd))
-        windows = windows.transpose(order)
+        if not compiled:
+            lead = x.ndim - nd  # N, G, C
+            # Every window at once as a strided view (N, G, C, *out, *kernel); NumPy's copy
+            # loop then gathers them whatever the ratio of taps to positions.
+            windows = sliding_window_view(x, spec.effective_kernel_shape,
+                                          axis=tuple(range(lead, lead + nd)))
+            windows = windows[(Ellipsis, *(slice(None, None, s) for s in spec.stride),
+                               *(slice(None, None, d) for d in spec.dilation))]
+            # -> (G, C, *kernel, N, *out): rows C*K, columns images*P
+            order = (1, 2, *range(lead + nd, lead + 2 * nd), 0, *range(lead, lead + nd))
+            windows = windows.transpose(order)
+        else:
+            x = np.ascontiguousarray(x)
+            pads = tuple(lo for lo, _ in spec.pad_widths)
         # One product per chunk on OpenBLAS's threads: splitting the images over workers,
         # one BLAS thread each, measured slower (3x3 512->512 @7 batch 8: 15 vs 9 ms; each
         # worker streams the whole 9 MB weight from L3 for its thin product).
@@ -616,7 +644,10 @@ class Im2col:
             nb = min(images, n - n0)
             cols = scratch("im2col.columns", g * c * k * nb * p, out.dtype).reshape(
                 g, c, *spec.kernel_shape, nb, *spec.output_shape)
-            np.copyto(cols, windows[(slice(None),) * (2 + nd) + (slice(n0, n0 + nb),)])
+            if compiled:
+                _compiled_gather()(x, cols.reshape(g * c, *cols.shape[2:]), n0, pads)
+            else:
+                np.copyto(cols, windows[(slice(None),) * (2 + nd) + (slice(n0, n0 + nb),)])
             # (G, O, nb*P) = (G, O, C*K) @ (G, C*K, nb*P); one image's product is its output
             if nb == 1:
                 np.matmul(w, cols.reshape(g, c * k, p), out=out[n0])
