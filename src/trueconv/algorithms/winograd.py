@@ -599,18 +599,22 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out,
                                         for o in range(no):
                                             r3[vv, col, o] += b * r2[a, vv, col, o]
                         res = r3
+                    c0 = w0 * mw
                     if phases == 1:  # (undilated: a unit-stride store, as LLVM sees it)
                         for o in range(no):
                             for vv in range(hn):
+                                # a row view indexed by the loop counter: a computed index
+                                # (c0 + col) could be negative to Numba, which then guards
+                                # every store against wraparound
+                                dst = out[n, o, td * md + z, th * mh + vv, c0:c0 + wn]
                                 for col in range(wn):
-                                    out[n, o, td * md + z, th * mh + vv, w0 * mw + col] = \
-                                        res[vv, col, o]
+                                    dst[col] = res[vv, col, o]
                     else:
                         for o in range(no):
                             for vv in range(hn):
                                 for col in range(wn):
                                     out[n, o, dd * (td * md + z) + rd, dh * (th * mh + vv) + rh,
-                                        dw * (w0 * mw + col) + rw] = res[vv, col, o]
+                                        dw * (c0 + col) + rw] = res[vv, col, o]
                 tile += cw
 
 
