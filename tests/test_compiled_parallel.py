@@ -120,3 +120,23 @@ def test_forked_child_after_a_parallel_launch_runs_serially(two_threads, monkeyp
     assert parallel_in_child is False or not _pool.compiled_parallel()
     for actual, expected in zip(results, expected_results(3)):
         assert_close_scaled(actual, expected, np.float64)
+
+
+def test_starting_numba_threads_keeps_torchs_thread_count():
+    """Numba's OpenMP layer, started by trueconv's first compiled launch, set the process's
+    OpenMP thread count to its own: torch (sharing GNU OpenMP, its threads already up) then
+    ran on all cores after its user had asked for one, and `trueconv bench --threads 1`
+    timed torch on two. A fresh process: the threads start once per process."""
+    import subprocess
+
+    code = (
+        "import numpy as np, torch, trueconv\n"
+        "torch.set_num_threads(1)\n"
+        "torch.nn.functional.conv2d(torch.ones(1, 8, 30, 30), torch.ones(8, 8, 3, 3))\n"
+        "x = np.ones((1, 8, 30, 30), np.float32); w = np.ones((8, 8, 3, 3), np.float32)\n"
+        "trueconv.conv2d(x, w, padding=1, algorithm='winograd')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=True)
+    assert result.stdout.split() == ["1"]

@@ -107,11 +107,30 @@ def _probe_threading_layer() -> bool:
         import numba
     except ImportError:
         return False
+    # Starting Numba's OpenMP threads sets the OpenMP thread count of the process to Numba's
+    # (all cores): torch, sharing GNU OpenMP, ran on two threads after its user had set one
+    # (found by `trueconv bench --threads 1`). The OpenMP libraries' counts are put back.
+    openmp = _openmp_thread_counts()
     try:
         numba.get_thread_id()  # starts Numba's threads: selects the threading layer
         return numba.threading_layer() in ("omp", "tbb")
     except (ValueError, RuntimeError, ImportError):  # no layer could start
         return False
+    finally:
+        for library, threads in openmp:
+            if library.get_num_threads() != threads:
+                library.set_num_threads(threads)
+
+
+def _openmp_thread_counts() -> list[tuple[Any, int]]:
+    """The loaded OpenMP libraries (threadpoolctl controllers) and their thread counts."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        libraries = ThreadpoolController().select(user_api="openmp").lib_controllers
+        return [(library, library.get_num_threads()) for library in libraries]
+    except Exception:  # pragma: no cover - introspection only: never fail a call over it
+        return []
 
 
 def _note_fork() -> None:  # pragma: no cover - runs in forked children
