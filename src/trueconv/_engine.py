@@ -111,6 +111,7 @@ def execute(
         facts = data_facts(x, weight, spec)
         if facts != OPTIMISTIC:  # NaN/Inf data: the exact choice (or the refusal) it gets
             plan = choose(spec, algorithm, facts, fn=fn)
+            del out  # not held while the exact run allocates its own output
             out = _run(x, weight, spec, plan)
     assert out.shape == spec.full_output_shape, (out.shape, spec)
     return out, plan
