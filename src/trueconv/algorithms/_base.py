@@ -43,6 +43,17 @@ class Algorithm(Protocol):
         """Return the cross-correlation of ``x`` with ``weight`` as ``spec`` describes."""
 
 
+def numba_kernels():  # noqa: ANN201
+    """The compiled kernels module (``_kernels_numba``), or None when Numba is not installed
+    (the algorithms then take their NumPy paths). Imported on first use: Numba is slow to
+    import."""
+    try:
+        from . import _kernels_numba
+    except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without it
+        return None
+    return _kernels_numba
+
+
 def zero_pad(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """Apply ``spec.pad_widths`` (zeros) to the spatial axes of ``x``."""
     return pad_spatial(x, spec.pad_widths, "zeros")

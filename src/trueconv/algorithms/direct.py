@@ -32,7 +32,8 @@ import numpy as np
 
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._base import grouped, grouped_weight, output_positions, tap_offsets, tap_view, zero_pad
+from ._base import (grouped, grouped_weight, numba_kernels, output_positions, tap_offsets,
+                    tap_view, zero_pad)
 from ._pool import run_parallel, scratch, single_threaded_blas
 
 __all__ = ["Direct", "uses_compiled_kernel", "COMPILED_DTYPES", "COMPILED_MAX_CHANNELS"]
@@ -45,15 +46,6 @@ COMPILED_DTYPES = ("int64", "float32", "float64")
 #: C=4 O=16 0.53 vs 0.93 ms, C=8 O=8 0.51 vs 0.75 ms, C=8 O=32 2.2 vs 2.0 ms,
 #: C=16 O=16 1.95 vs 1.84 ms (compiled vs GEMM per tap).
 COMPILED_MAX_CHANNELS = 8
-
-
-def _numba_kernels():  # noqa: ANN202
-    """The compiled module, or None when Numba is not installed (NumPy fallback)."""
-    try:
-        from . import _kernels_numba
-    except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without it
-        return None
-    return _kernels_numba
 
 
 def uses_compiled_kernel(spec: ConvSpec) -> bool:
@@ -76,7 +68,7 @@ def uses_compiled_kernel(spec: ConvSpec) -> bool:
         return False
     if spec.dtype != "int64" and spec.in_channels_per_group > COMPILED_MAX_CHANNELS:
         return False
-    return _numba_kernels() is not None
+    return numba_kernels() is not None
 
 
 class Direct:
@@ -94,7 +86,7 @@ class Direct:
             # accumulator and zero-padded window plus the int64 tap offsets per
             # thread, and the 4 KiB that place the output apart from x; never a
             # padded input
-            kernels = _numba_kernels()
+            kernels = numba_kernels()
             scratch = kernels.scratch_elements(
                 spec.kernel_shape, spec.stride, spec.dilation, spec.output_shape)
             offsets = spec.in_channels_per_group * spec.kernel_size * 8
@@ -114,7 +106,7 @@ class Direct:
 
 def _run_compiled(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> np.ndarray:
     pads = tuple(before for before, _ in spec.pad_widths)
-    return _numba_kernels().correlate(x, weight, spec.out_channels_per_group, spec.stride,
+    return numba_kernels().correlate(x, weight, spec.out_channels_per_group, spec.stride,
                                       spec.dilation, pads, spec.output_shape)
 
 

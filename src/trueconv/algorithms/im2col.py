@@ -79,7 +79,8 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from .._memory import get_memory_limit
 from .._spec import ConvSpec
 from .._threads import get_num_threads
-from ._base import grouped, grouped_weight, output_positions, tap_offsets, zero_pad
+from ._base import (grouped, grouped_weight, numba_kernels, output_positions, tap_offsets,
+                    zero_pad)
 from ._pool import LockedIterator, drain, run_parallel, scratch, single_threaded_blas
 
 #: Column-matrix bytes per band: big enough for BLAS to run at speed, small enough that the
@@ -105,22 +106,12 @@ FLAT_SHIFT_BYTES = 32 * 2**20
 FLAT_SHIFT_PARALLEL_MACS = 1 << 24
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_gather():  # noqa: ANN202
-    """The compiled column gather (``_kernels_numba.gather_windows``), or None without Numba."""
-    try:
-        from ._kernels_numba import gather_windows
-    except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without it
-        return None
-    return gather_windows
-
-
 def _shifted_gather(spec: ConvSpec) -> bool:
     """Whether the shared-GEMM columns come from the compiled shifted-plane gather: 1-D or
     2-D, stride 1, dilation 1, output plane = input plane ("same" pads), Numba present."""
     return (spec.spatial_ndim <= 2 and spec.output_shape == spec.input_shape
             and all(s == 1 for s in spec.stride) and all(d == 1 for d in spec.dilation)
-            and _compiled_gather() is not None)
+            and numba_kernels() is not None)
 
 
 def is_pointwise(spec: ConvSpec) -> bool:
@@ -645,7 +636,8 @@ class Im2col:
             cols = scratch("im2col.columns", g * c * k * nb * p, out.dtype).reshape(
                 g, c, *spec.kernel_shape, nb, *spec.output_shape)
             if compiled:
-                _compiled_gather()(x, cols.reshape(g * c, *cols.shape[2:]), n0, pads)
+                numba_kernels().gather_windows(x, cols.reshape(g * c, *cols.shape[2:]), n0,
+                                               pads)
             else:
                 np.copyto(cols, windows[(slice(None),) * (2 + nd) + (slice(n0, n0 + nb),)])
             # (G, O, nb*P) = (G, O, C*K) @ (G, C*K, nb*P); one image's product is its output
