@@ -610,11 +610,13 @@ def _output_transform(mm, atd, ath, atw, n0, n1, d0, d1, h0, h1, w0, w1, out,
                                 for col in range(wn):
                                     dst[col] = res[vv, col, o]
                     else:
+                        first = np.uint64(dw * c0 + rw)  # unsigned: no wraparound guard
+                        step = np.uint64(dw)
                         for o in range(no):
                             for vv in range(hn):
+                                dst = out[n, o, dd * (td * md + z) + rd, dh * (th * mh + vv) + rh]
                                 for col in range(wn):
-                                    out[n, o, dd * (td * md + z) + rd, dh * (th * mh + vv) + rh,
-                                        dw * (c0 + col) + rw] = res[vv, col, o]
+                                    dst[first + step * np.uint64(col)] = res[vv, col, o]
                 tile += cw
 
 
