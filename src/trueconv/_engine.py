@@ -7,6 +7,7 @@ anti-pattern 13).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -100,12 +101,9 @@ def execute(
             facts = data_facts(x, weight, spec)
             if facts != OPTIMISTIC:
                 plan = choose(spec, algorithm, facts, fn=fn)
-    if check_output:
-        # NaN/Inf data make the transform's arithmetic warn; that run is then discarded
-        # below, so its warnings are not the caller's (np.errstate is thread-local)
-        with np.errstate(invalid="ignore"):
-            out = _run(x, weight, spec, plan)
-    else:
+    # NaN/Inf data make a checked transform's arithmetic warn; that run is then discarded
+    # below, so its warnings are not the caller's (np.errstate is thread-local)
+    with np.errstate(invalid="ignore") if check_output else contextlib.nullcontext():
         out = _run(x, weight, spec, plan)
     if check_output and not all_finite(out):
         facts = data_facts(x, weight, spec)

@@ -122,13 +122,21 @@ def _probe_threading_layer() -> bool:
                 library.set_num_threads(threads)
 
 
+def _library_controllers(user_api: str) -> list[Any]:
+    """threadpoolctl's controllers of the loaded ``user_api`` ("blas", "openmp") libraries.
+
+    Scanning the loaded libraries takes ~2 ms: callers keep the result.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api=user_api).lib_controllers
+
+
 def _openmp_thread_counts() -> list[tuple[Any, int]]:
     """The loaded OpenMP libraries (threadpoolctl controllers) and their thread counts."""
     try:
-        from threadpoolctl import ThreadpoolController
-
-        libraries = ThreadpoolController().select(user_api="openmp").lib_controllers
-        return [(library, library.get_num_threads()) for library in libraries]
+        return [(library, library.get_num_threads())
+                for library in _library_controllers("openmp")]
     except Exception:  # pragma: no cover - introspection only: never fail a call over it
         return []
 
@@ -248,12 +256,10 @@ _blas_saved: list[tuple[Any, int]] = []
 
 
 def _blas_library_controllers() -> list[Any]:
-    """threadpoolctl's controllers of the BLAS libraries loaded now (scanned once: ~2 ms)."""
+    """The BLAS libraries' controllers, scanned at the first use."""
     global _blas_libraries
     if _blas_libraries is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas_libraries = _library_controllers("blas")
     return _blas_libraries
 
 

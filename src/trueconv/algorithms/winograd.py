@@ -1384,8 +1384,7 @@ def _gradient_kernel() -> Any:
 def _driver_weight_form(parallel: bool = True) -> Any:
     """The compiled :func:`_weight_form_blocks`, parallel or serial (see :func:`_driver`)."""
     def bindings() -> dict[str, Any]:
-        input_kernel, _ = _kernels()
-        return dict(_input_kernel=input_kernel, _gradient_kernel_compiled=_COMPILED["gradient"])
+        return dict(_input_kernel=_kernels()[0], _gradient_kernel_compiled=_gradient_kernel())
 
     return _build_driver("driver-wg", _weight_form_blocks, parallel, bindings)
 
@@ -1629,6 +1628,17 @@ _LAYOUTS: dict[tuple[Any, ...], Any] = {}
 def clear_layout_cache() -> None:
     """Forget the cached call layouts (they follow the module's tiling constants)."""
     _LAYOUTS.clear()
+
+
+def _cached_layout(key: tuple[Any, ...], build: Any) -> Any:
+    """``_LAYOUTS[key]``, built by ``build()`` on a miss (the cache emptied when full)."""
+    found = _LAYOUTS.get(key)
+    if found is None:
+        found = build()
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = found
+    return found
 
 
 class Winograd:
@@ -1895,9 +1905,9 @@ class Winograd:
         batch-1 layer's 0.8 ms.
         """
         key = (spec, tile, get_num_threads(), compiled_parallel(), get_memory_limit())
-        found = _LAYOUTS.get(key)
-        if found is not None:
-            return found
+        return _cached_layout(key, lambda: self._build_layout(spec, tile))
+
+    def _build_layout(self, spec: ConvSpec, tile: int | None) -> _ForwardLayout:
         dtype = np.dtype(spec.dtype)
         nd = spec.spatial_ndim
         # A dilated problem is tiled as its phases (phase_spec: prod(dilation) undilated
@@ -1928,7 +1938,7 @@ class Winograd:
         entries = alpha**nd * g * c * o
         split = min(threads, g * c) if entries >= _PARALLEL_WEIGHT_ENTRIES else 1
         weight_items = [(g * c * i // split, g * c * (i + 1) // split) for i in range(split)]
-        found = _ForwardLayout(
+        return _ForwardLayout(
             x_shape=(spec.batch, spec.in_channels, *_as_3d(spec.input_shape, 1)),
             out_shape=(spec.batch, g * o, *_as_3d(spec.output_shape, 1)),
             lows=_as_3d(tuple(lo for lo, _ in spec.pad_widths), 0),
@@ -1940,10 +1950,6 @@ class Winograd:
             block_tiles=max(math.prod(b[2 * i + 1] - b[2 * i] for i in range(4))
                             for b in blocks),
             points=max((p1 - p0) * per for p0, p1, per in ranges))
-        if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
-            _LAYOUTS.clear()
-        _LAYOUTS[key] = found
-        return found
 
     def _run(self, x: np.ndarray, weight: np.ndarray, spec: ConvSpec,
              tile: int | None) -> np.ndarray:
@@ -2027,19 +2033,16 @@ class Winograd:
         queue, one BLAS thread each.
         """
         dtype = np.dtype(spec.dtype)
-        # the tiling follows from the problem and the settings: cached (see _layout)
-        key = ("1d", spec, tile, get_num_threads(), compiled_parallel(), get_memory_limit())
-        found = _LAYOUTS.get(key)
-        if found is None:
+        def build() -> tuple[int, np.ndarray, int, int]:
             m = self._tile_size_1d(spec) if tile is None else tile
             target, workers = self._block_plan_1d(spec, m)
             blocks = blocks_1d(spec.batch, tile_grid(spec.output_shape, m)[0], target, workers)
             block_tiles = max([(b[1] - b[0]) * (b[3] - b[2]) for b in blocks], default=0)
-            found = (m, _int_table(blocks, 4), block_tiles, min(workers, len(blocks)))
-            if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
-                _LAYOUTS.clear()
-            _LAYOUTS[key] = found
-        m, blocks, block_tiles, workers = found
+            return m, _int_table(blocks, 4), block_tiles, min(workers, len(blocks))
+
+        # the tiling follows from the problem and the settings: cached (see _layout)
+        key = ("1d", spec, tile, get_num_threads(), compiled_parallel(), get_memory_limit())
+        m, blocks, block_tiles, workers = _cached_layout(key, build)
         t = m + 2
         n, g = spec.batch, spec.groups
         c, o = spec.in_channels_per_group, spec.out_channels_per_group
